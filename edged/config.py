@@ -1,0 +1,256 @@
+"""The configuration file: a typed schema, and loading with env substitution and path resolution.
+
+Everything a user can get wrong in the file is caught here, before anything starts, and reported
+as one line that names the file, the key path and the bad value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edged.errors import ConfigError
+from edged.redact import redact_url
+
+CAMERA_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_ENV_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+_STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https")
+_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Qos = Literal[0, 1, 2]
+
+
+class QosConfig(_Strict):
+    detections: Qos = 0
+    status: Qos = 1
+
+
+class MqttConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    topic_prefix: str = "edged"
+    client_id: str = Field(default_factory=lambda: f"edged-{socket.gethostname()}")
+    username: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    keepalive: int = Field(default=30, ge=5, le=3600)
+    qos: QosConfig = QosConfig()
+    outbox_size: int = Field(default=10_000, ge=1)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _plain_topic(cls, value: str) -> str:
+        if not value or any(c in value for c in "#+\0") or value.startswith("/") or value.endswith("/"):
+            raise ValueError("must be a plain MQTT topic without wildcards or leading/trailing '/'")
+        return value
+
+
+class ModelConfig(_Strict):
+    path: Path
+    device: str = "CPU"
+    confidence: float = Field(default=0.5, gt=0.0, le=1.0)
+
+    @field_validator("path")
+    @classmethod
+    def _model_file_exists(cls, path: Path) -> Path:
+        if not path.is_file():
+            raise ValueError(f"model file not found: {path}: give the path of the model's .xml file")
+        return path
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+SourceKind = Literal["rtsp", "http", "device", "video", "image"]
+
+
+class CameraConfig(_Strict):
+    url: str
+    fps: float | None = Field(default=None, gt=0.0, le=240.0)
+    realtime: bool = True
+    loop: bool = True
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url_text(cls, value: object) -> object:
+        # `url: 0` (the first USB camera) arrives from YAML as an int.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("url")
+    @classmethod
+    def _readable_source(cls, url: str) -> str:
+        kind = source_kind(url)  # raises for unsupported schemes
+        if kind in ("video", "image") and not Path(url).is_file():
+            raise ValueError(f"file not found: {url}: give a video or image file, a stream URL or a device")
+        return url
+
+    @property
+    def kind(self) -> SourceKind:
+        return source_kind(self.url)
+
+    @property
+    def safe_url(self) -> str:
+        return redact_url(self.url)
+
+
+def _camera_name(name: str) -> str:
+    if not CAMERA_NAME.match(name):
+        raise ValueError("a camera name may only contain letters, digits, '_' and '-' (it becomes an MQTT topic level)")
+    return name
+
+
+CameraName = Annotated[str, AfterValidator(_camera_name)]
+
+
+class Config(_Strict):
+    mqtt: MqttConfig = MqttConfig()
+    model: ModelConfig
+    cameras: Annotated[dict[CameraName, CameraConfig], Field(min_length=1)]
+
+
+def source_kind(url: str) -> SourceKind:
+    """What a camera URL points at; raises ValueError for schemes edged cannot read."""
+    scheme, sep, _ = url.partition("://")
+    if sep:
+        scheme = scheme.lower()
+        if scheme in ("rtsp", "rtsps"):
+            return "rtsp"
+        if scheme in ("http", "https"):
+            return "http"
+        raise ValueError(
+            f"unsupported URL scheme {scheme!r}: use one of {', '.join(_STREAM_SCHEMES)}, "
+            "a video or image file, /dev/videoN or a device number"
+        )
+    if url.isdigit() or re.fullmatch(r"/dev/video\d+", url):
+        return "device"
+    return "image" if Path(url).suffix.lower() in _IMAGE_SUFFIXES else "video"
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; two cameras with one name is a mistake to report."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise ConfigError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}: each key may appear once")
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def load_config(path: Path | str, environ: dict[str, str] | None = None) -> Config:
+    """Read, substitute, resolve and validate a config file; every problem raises ConfigError."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    raw = _substitute_env(raw, os.environ if environ is None else environ, path, ())
+    _resolve_paths(raw, path.parent.resolve())
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_describe(path, error)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found: pass an existing file with -c") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read the config file ({error}): check its permissions") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML: {where}{problem}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the config file is empty: it needs at least 'model' and 'cameras'")
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: the config must be a mapping of keys (model, cameras, ...), not a {type(data).__name__}"
+        )
+    return data
+
+
+def _substitute_env(value: Any, environ: Any, path: Path, where: tuple[str, ...]) -> Any:
+    """`${VAR}` and `${VAR:-default}` in string values, after parsing, so values never change YAML syntax."""
+    if isinstance(value, dict):
+        return {key: _substitute_env(item, environ, path, (*where, str(key))) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_substitute_env(item, environ, path, (*where, str(i))) for i, item in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group("name"), match.group("default")
+        if name in environ:
+            return str(environ[name])
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"{path}: {'.'.join(where)}: environment variable {name} is not set: set it or write ${{{name}:-default}}"
+        )
+
+    return _ENV_REFERENCE.sub(replace, value)
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Relative file paths are relative to the config file, wherever edged is started from."""
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("path"), str):
+        model["path"] = str(_relative_to(base, model["path"]))
+    cameras = raw.get("cameras")
+    if not isinstance(cameras, dict):
+        return
+    for camera in cameras.values():
+        url = camera.get("url") if isinstance(camera, dict) else None
+        if isinstance(url, str) and "://" not in url and not url.isdigit() and not url.startswith("/dev/"):
+            camera["url"] = str(_relative_to(base, url))
+
+
+def _relative_to(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _describe(path: Path, error: ValidationError) -> str:
+    """One line per problem: file, key path, what is wrong, the value given."""
+    lines = []
+    for item in error.errors(include_url=False):
+        loc = ".".join(str(part) for part in item["loc"] if part != "[key]")
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key: check its spelling and indentation (see README for the keys)"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        value = item.get("input")
+        shown = "" if item["type"] in ("missing", "extra_forbidden") or isinstance(value, dict) else f" (got {value!r})"
+        if "not found" in message:
+            shown = ""  # the message already names the path
+        lines.append(redact_url(f"{path}: {loc}: {message}{shown}"))
+    return "\n".join(lines)

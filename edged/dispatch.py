@@ -1,0 +1,78 @@
+"""Feeding one engine from its cameras' slots: round-robin, never more frames than free requests.
+
+Back-pressure is explicit: a frame is taken from a slot only when a request is free, so while the
+model is busy each camera's slot keeps just its newest frame and stale ones are shed and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from edged.frame import Frame, FrameSlot
+from edged.inference import Engine, Result, ResultCallback
+
+log = logging.getLogger("edged.dispatch")
+
+
+class Dispatcher:
+    def __init__(self, engine: Engine, on_result: ResultCallback) -> None:
+        self._engine = engine
+        self._on_result = on_result
+        self._slots: dict[str, FrameSlot] = {}
+        self._cursor = 0
+        self._wake = asyncio.Event()  # a fresh frame arrived or a request came back
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.in_flight = 0
+
+    def add_camera(self, camera: str) -> FrameSlot:
+        slot = FrameSlot(camera, self._wake.set)
+        self._slots[camera] = slot
+        return slot
+
+    def remove_camera(self, camera: str) -> None:
+        self._slots.pop(camera, None)
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            if self.in_flight < self._engine.requests and (frame := self._next_frame()) is not None:
+                self._submit(frame)
+                continue
+            await self._wake.wait()
+
+    async def drain(self) -> None:
+        """Wait until every frame handed to the engine has come back."""
+        await self._idle.wait()
+
+    def _next_frame(self) -> Frame | None:
+        """The next camera after the last one served that has a fresh frame: none can starve."""
+        names = list(self._slots)
+        for step in range(len(names)):
+            position = (self._cursor + step) % len(names)
+            frame = self._slots[names[position]].take()
+            if frame is not None:
+                self._cursor = position + 1
+                return frame
+        return None
+
+    def _submit(self, frame: Frame) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            self._engine.submit(frame, self._completed)
+        except Exception:
+            self.in_flight -= 1
+            log.exception(
+                "camera %s: frame %d could not be submitted to model %s", frame.camera, frame.index, self._engine.name
+            )
+            if self.in_flight == 0:
+                self._idle.set()
+
+    def _completed(self, result: Result) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+        self._wake.set()
+        self._on_result(result)

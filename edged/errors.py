@@ -1,0 +1,13 @@
+"""Errors an operator can act on: each renders as one line naming what is wrong and what to do."""
+
+
+class EdgedError(Exception):
+    """A problem with the user's input or environment, shown as one line without a traceback."""
+
+
+class ConfigError(EdgedError):
+    """The configuration file cannot be used as written."""
+
+
+class ModelError(EdgedError):
+    """A model file is missing, unreadable or of an unknown family."""

@@ -1,0 +1,21 @@
+"""Logging for an operator: one line per state change, to stderr, credentials redacted."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from edged.redact import REDACTOR
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    # Under systemd the journal adds its own timestamp; elsewhere the time helps. Keep both short.
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    handler.addFilter(REDACTOR)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Library chatter (paho's per-packet debug lines) is not what an operator needs at 3 a.m.
+    for noisy in ("aiomqtt", "paho"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))

@@ -1,0 +1,46 @@
+"""Keep credentials out of everything an operator or subscriber can see."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+# scheme://user:password@host  and  scheme://user@host: the userinfo part goes.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+
+
+def redact_url(text: str) -> str:
+    """Replace the user:password part of every URL in `text` with `***`."""
+    return _USERINFO.sub(r"\g<scheme>***@", text)
+
+
+class RedactingFilter(logging.Filter):
+    """Redact URL credentials and known secrets from every log record, whoever logs it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._secrets: set[str] = set()
+
+    def add_secret(self, secret: str | None) -> None:
+        if secret:
+            self._secrets.add(secret)
+
+    def redact(self, text: str) -> str:
+        text = redact_url(text)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self.redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and record.exc_info[1] is not None:
+            # Tracebacks of library errors can quote URLs too: render them now, redacted.
+            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+REDACTOR = RedactingFilter()

@@ -1,0 +1,121 @@
+"""The supervisor: owns every task of a run and wires camera -> frame -> inference -> decode -> publish.
+
+Shutdown order matters and is spelt out in `_shut_down`: stop taking frames, let the frames already
+in the engine come back and be published, flush the outbox, say `offline`, disconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from edged.camera import Camera
+from edged.config import Config
+from edged.dispatch import Dispatcher
+from edged.inference import Engine, Result
+from edged.message import detection_payload
+from edged.publish import Publisher
+
+log = logging.getLogger("edged")
+
+DRAIN_TIMEOUT_S = 2.0  # in-flight inferences take tens of milliseconds; this is a generous bound
+FLUSH_TIMEOUT_S = 2.0  # together they keep a SIGTERM stop within systemd's patience
+
+
+class Supervisor:
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._publisher = Publisher(config.mqtt)
+        self._stop = asyncio.Event()
+        self._seq: dict[str, int] = {}
+        self._camera_online: dict[str, bool] = {}
+        self._errors_logged: set[str] = set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        engine = await asyncio.to_thread(Engine, self._config.model)  # compiling takes a while: off the loop
+        dispatcher = Dispatcher(engine, self._on_result)
+        cameras = [
+            Camera(name, camera, dispatcher.add_camera(name), engine.prepare, self._on_camera_status)
+            for name, camera in self._config.cameras.items()
+        ]
+        async with asyncio.TaskGroup() as tasks:
+            mqtt_task = tasks.create_task(self._publisher.run(), name="mqtt")
+            dispatch_task = tasks.create_task(dispatcher.run(), name=f"dispatch-{engine.name}")
+            camera_tasks = [
+                tasks.create_task(self._guard(camera.run(), f"camera {camera.name}"), name=camera.name)
+                for camera in cameras
+            ]
+            tasks.create_task(self._stop_when_all_done(camera_tasks), name="cameras-done")
+            log.info("edged running: %d cameras on model %s", len(cameras), engine.name)
+            await self._stop.wait()
+            await self._shut_down(camera_tasks, dispatcher, dispatch_task, mqtt_task)
+
+    async def _shut_down(
+        self,
+        camera_tasks: list[asyncio.Task[None]],
+        dispatcher: Dispatcher,
+        dispatch_task: asyncio.Task[None],
+        mqtt_task: asyncio.Task[None],
+    ) -> None:
+        for task in camera_tasks:
+            task.cancel()
+        await asyncio.gather(*camera_tasks, return_exceptions=True)
+        try:
+            await asyncio.wait_for(dispatcher.drain(), DRAIN_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("%d inferences still running at shutdown; their results are lost", dispatcher.in_flight)
+        dispatch_task.cancel()
+        await self._publisher.close(FLUSH_TIMEOUT_S)
+        mqtt_task.cancel()
+        log.info("edged stopped")
+
+    def _on_signal(self, signum: int) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        self._stop.set()
+
+    async def _stop_when_all_done(self, camera_tasks: list[asyncio.Task[None]]) -> None:
+        await asyncio.gather(*camera_tasks, return_exceptions=True)
+        if not self._stop.is_set():
+            log.info("every camera has finished: stopping")
+            self._stop.set()
+
+    @staticmethod
+    async def _guard(coroutine: Coroutine[Any, Any, None], what: str) -> None:
+        """A crash in one camera is logged with its cause and ends that camera only."""
+        try:
+            await coroutine
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s crashed", what)
+
+    def _on_camera_status(self, camera: str, online: bool) -> None:
+        if self._camera_online.get(camera) == online:
+            return
+        self._camera_online[camera] = online
+        topic = f"{self._publisher.prefix}/{camera}/status"
+        self._publisher.set_retained(topic, b"online" if online else b"offline", self._config.mqtt.qos.status)
+
+    def _on_result(self, result: Result) -> None:
+        camera = result.frame.camera
+        if result.error is not None:
+            if camera not in self._errors_logged:  # once per camera: a decode bug would repeat every frame
+                self._errors_logged.add(camera)
+                log.error("camera %s: decoding failed: %s", camera, result.error)
+            return
+        seq = self._seq.get(camera, 0)
+        self._seq[camera] = seq + 1
+        payload = detection_payload(result, seq, self._config.model.name, time.time())
+        self._publisher.publish(
+            f"{self._publisher.prefix}/{camera}/detections", payload, self._config.mqtt.qos.detections
+        )

@@ -3,6 +3,10 @@
 A reader knows nothing of models: it is given a `prepare` function that turns a decoded frame into
 its model's input, and it runs that in the camera's thread too, so that resizing is spread over
 the camera threads instead of blocking the event loop.
+
+Failures are the camera's own business: a stream that cannot be opened, errors or stalls is
+released and reopened with backoff, its status goes offline and back online, and no other camera
+notices. A file that cannot be read is reported once and that camera stops.
 """
 
 from __future__ import annotations
@@ -10,17 +14,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import cv2
 
-from edged.config import CameraConfig
+from edged.config import Backoff, CameraConfig
 from edged.errors import EdgedError
 from edged.frame import Frame, FrameSlot, Image
+from edged.sniff import sniff
+from edged.worker import Worker
 
 log = logging.getLogger("edged.camera")
 
@@ -28,13 +34,19 @@ Prepare = Callable[[Image], Image]
 StatusCallback = Callable[[str, bool], None]
 T = TypeVar("T")
 
-STREAM_TIMEOUT_MS = 10_000  # open/read timeout for network streams: a dead host must not hang a thread
 IMAGE_DEFAULT_FPS = 1.0  # an image camera repeats its image at this rate unless `fps` says otherwise
-RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0
+OPEN_GRACE_S = 5.0  # opening may take this much longer than a read before it counts as stalled
 
 
 class SourceError(EdgedError):
-    """A camera cannot be opened or stopped delivering frames."""
+    """A camera cannot be opened or stopped delivering frames.
+
+    `permanent`: retrying cannot help (a file that is not a video); the camera stops.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class Source(Protocol):
@@ -70,18 +82,26 @@ class CaptureSource:
             device = int(url) if url.isdigit() else int(url.removeprefix("/dev/video"))
             capture = cv2.VideoCapture(device, cv2.CAP_V4L2)
         elif kind == "video":
+            found, name = sniff(url)
+            if found == "image":
+                raise SourceError(
+                    f"camera {self._camera}: {url} holds an image ({name}), not a video: give it an image suffix "
+                    f"(.{name.lower()}) to repeat it as a still, or point url at a video file",
+                    permanent=True,
+                )
             capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
         else:
-            timeouts = [
-                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-                STREAM_TIMEOUT_MS,
-                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-                STREAM_TIMEOUT_MS,
-            ]
+            # Without these OpenCV waits 30 s on a hung server; the camera task watches for stalls
+            # too, but a read that gives up on its own frees the thread sooner.
+            timeout_ms = int(self._config.stall_timeout * 1000)
+            timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
             capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG, timeouts)
         if not capture.isOpened():
             capture.release()
-            raise SourceError(f"camera {self._camera}: cannot open {self._config.safe_url}: {_open_advice(kind)}")
+            raise SourceError(
+                f"camera {self._camera}: cannot open {self._config.safe_url}: {_open_advice(kind)}",
+                permanent=kind == "video",
+            )
         return capture
 
     def grab(self) -> bool:
@@ -106,7 +126,13 @@ class ImageSource:
     def __init__(self, camera: str, config: CameraConfig) -> None:
         image = cv2.imread(config.url, cv2.IMREAD_COLOR)
         if image is None:
-            raise SourceError(f"camera {camera}: {config.url} is not a readable image: check the file")
+            found, name = sniff(config.url)
+            advice = (
+                f"it holds a video ({name}), not an image: give it a video suffix (e.g. .mp4)"
+                if found == "video"
+                else "the file is corrupt, truncated or of an unsupported format: check it"
+            )
+            raise SourceError(f"camera {camera}: {config.url} is not a readable image: {advice}", permanent=True)
         self._image = cast(Image, image)
         self.native_fps: float | None = config.fps or IMAGE_DEFAULT_FPS
 
@@ -125,7 +151,7 @@ class ImageSource:
 
 def _open_advice(kind: str) -> str:
     return {
-        "video": "check that it is a video file OpenCV can decode",
+        "video": "the file is corrupt, truncated or not a video OpenCV can decode: check it",
         "device": "check that the device exists and that edged may use it (group 'video')",
     }.get(kind, "check the URL, the credentials and that the camera is reachable")
 
@@ -163,6 +189,31 @@ class _Decoded:
     tensor: Image
 
 
+class Retry:
+    """Exponential backoff with jitter: `min` doubling to `max`, each wait within ±20 %.
+
+    Jitter keeps cameras (and a fleet of edge boxes) that lost the same network from
+    hammering it back in lockstep.
+    """
+
+    def __init__(self, backoff: Backoff) -> None:
+        self._backoff = backoff
+        self._next = backoff.min
+
+    @property
+    def first(self) -> bool:
+        """True until the first wait of an outage has been taken."""
+        return self._next == self._backoff.min
+
+    def next_wait(self) -> float:
+        wait = self._next
+        self._next = min(self._next * 2, self._backoff.max)
+        return wait * random.uniform(0.8, 1.2)
+
+    def reset(self) -> None:
+        self._next = self._backoff.min
+
+
 class Camera:
     """Owns one camera: opens it, reads it, retries it, and feeds its slot with fresh frames."""
 
@@ -171,59 +222,111 @@ class Camera:
     ) -> None:
         self.name, self.config = name, config
         self._slot, self._prepare, self._on_status = slot, prepare, on_status
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"camera-{name}")
+        self._worker = Worker(f"camera-{name}")
         self._index = 0  # frames read from the stream in this run, across reopenings and loops
+        self._progress = time.monotonic()  # last sign of life from the capture thread
+        self._size: tuple[int, int] | None = None
+        self._size_change_logged = False
         self.frames_read = 0
         self.reconnects = 0
-        self._was_online = False
+        self.online = False
+        self._reported: bool | None = None  # the status last told to subscribers (None: nothing yet)
+        self.last_frame = 0.0  # time.monotonic() of the last frame handed over (0: none yet)
+        self.finished = False  # ended by design (a file with `loop: false`) or given up for good
 
     async def run(self) -> None:
-        """Read until the stream ends (a file with `loop: false`) or the task is cancelled."""
-        retry = RETRY_MIN_S
+        """Read until the stream ends (a file with `loop: false`), fails for good, or the task is cancelled."""
+        retry = Retry(self.config.backoff)
         try:
             while True:
                 try:
-                    await self._stream()
+                    await self._stream(retry)
                     log.info("camera %s: end of %s, camera finished", self.name, self.config.safe_url)
                     return
                 except SourceError as error:
-                    self._on_status(self.name, False)
-                    if self._was_online:  # a camera that worked starts its retries from the shortest wait
-                        retry, self._was_online = RETRY_MIN_S, False
-                    # One warning per outage; the retries of a long outage go to debug.
-                    level = logging.WARNING if retry == RETRY_MIN_S else logging.DEBUG
-                    log.log(level, "%s; retrying in %.0f s", error, retry)
+                    self._set_online(False)
+                    if error.permanent:
+                        log.error("%s; this camera is stopped, the others keep running", error)
+                        return
                     self.reconnects += 1
-                    await asyncio.sleep(retry)
-                    retry = min(retry * 2, RETRY_MAX_S)
+                    # One warning per outage (the wait resets once frames flow); retries go to debug.
+                    level = logging.WARNING if retry.first else logging.DEBUG
+                    wait = retry.next_wait()
+                    log.log(level, "%s; offline, retrying in %.1f s", error, wait)
+                    await asyncio.sleep(wait)
         finally:
-            self._on_status(self.name, False)
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self.finished = True
+            self._set_online(False)
+            self._worker.close()
 
-    async def _stream(self) -> None:
-        source = await self._in_thread(open_source, self.name, self.config)
+    def _set_online(self, online: bool) -> None:
+        self.online = online
+        if online != self._reported:  # a camera that never came up is reported offline too
+            self._reported = online
+            self._on_status(self.name, online)
+
+    async def _stream(self, retry: Retry) -> None:
+        worker = self._worker
+        self._progress = time.monotonic()
+        source = await self._watch(
+            worker.call(open_source, self.name, self.config, discard=_release),
+            self.config.stall_timeout + OPEN_GRACE_S,
+            "opening it",
+        )
         try:
-            log.info("camera %s: online (%s)", self.name, self.config.safe_url)
-            self._on_status(self.name, True)
-            self._was_online = True
             selector = FrameSelector(self.config.fps)
             started = time.time()
             first_index = self._index
-            while (
-                decoded := await self._in_thread(self._next_frame, source, selector, started, first_index)
-            ) is not None:
+            while True:
+                self._progress = time.monotonic()
+                decoded = await self._watch(
+                    worker.call(self._next_frame, source, selector, started, first_index),
+                    self.config.stall_timeout,
+                    "reading",
+                )
+                if decoded is None:
+                    return
                 if decoded.due is not None and (delay := decoded.due - time.time()) > 0:
                     await asyncio.sleep(delay)
+                if not self.online:
+                    log.info("camera %s: online (%s)", self.name, self.config.safe_url)
+                    retry.reset()
+                    self._set_online(True)
+                self.last_frame = time.monotonic()
                 self._slot.put(Frame(self.name, decoded.index, decoded.captured, decoded.image, decoded.tensor))
         finally:
-            # Queued behind any read still running in the camera's thread; never blocks the loop.
-            self._executor.submit(source.release)
+            # Queued behind any read still running in that thread: never blocks the loop, and a
+            # capture is only ever touched by the thread that opened it.
+            worker.submit(source.release)
+            if worker is not self._worker:
+                worker.close()  # abandoned after a stall: let its thread end once the read returns
+
+    async def _watch(self, call: Coroutine[Any, Any, T], limit: float, doing: str) -> T:
+        """Await a call on the capture thread; abandon the thread if it shows no progress for `limit`."""
+        task = asyncio.ensure_future(call)
+        check = min(1.0, limit / 4)
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=check)
+            if done:
+                return task.result()
+            if time.monotonic() - self._progress > limit:
+                task.cancel()
+                # The stuck call keeps its thread; the next attempt gets a fresh one.
+                self._worker = Worker(f"camera-{self.name}")
+                raise SourceError(
+                    f"camera {self.name}: stalled: nothing from {self.config.safe_url} for {limit:g} s while {doing}"
+                )
 
     def _next_frame(self, source: Source, selector: FrameSelector, started: float, first: int) -> _Decoded | None:
         """In the camera's thread: skip what will not be used without decoding it to pixels."""
         realtime_file = source.native_fps is not None and self.config.realtime
         while True:
+            began = time.monotonic()
             grabbed = source.grab()
+            self._progress = now_mono = time.monotonic()
+            if now_mono - began > self.config.stall_timeout:
+                # A read that took this long came after a stall, even if it returned something buffered.
+                raise SourceError(f"camera {self.name}: stalled: one read took {now_mono - began:.1f} s")
             now = time.time()
             if not grabbed:
                 if source.native_fps is None:
@@ -242,7 +345,27 @@ class Camera:
                     continue  # a real-time file that fell behind drops frames, as a live camera would
             if selector.want(stream_time):
                 image = source.retrieve()
+                self._check_size(image)
                 return _Decoded(index, now if due is None else due, due, image, self._prepare(image))
 
-    async def _in_thread(self, function: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+    def _check_size(self, image: Image) -> None:
+        """Frames may change size (a camera reconfigured mid-stream): accepted, said once.
+
+        Each frame is resized for the model on its own and its boxes are scaled back by its own
+        size, so detections stay right; subscribers see the size in every message.
+        """
+        size = (int(image.shape[1]), int(image.shape[0]))
+        if self._size is not None and size != self._size and not self._size_change_logged:
+            self._size_change_logged = True
+            log.warning(
+                "camera %s: frame size changed from %dx%d to %dx%d; accepted, boxes follow each frame's size "
+                "(logged once)",
+                self.name,
+                *self._size,
+                *size,
+            )
+        self._size = size
+
+
+def _release(source: Source) -> None:
+    source.release()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edged.errors import ConfigError
 from edged.redact import redact_url
@@ -38,16 +38,64 @@ class QosConfig(_Strict):
     status: Qos = 1
 
 
+class Backoff(_Strict):
+    """Waits between reconnection attempts: `min` doubling up to `max`, each with ±20 % jitter."""
+
+    min: float = Field(default=1.0, gt=0.0, le=3600.0)
+    max: float = Field(default=30.0, gt=0.0, le=3600.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Backoff:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min:g} s) must not exceed max ({self.max:g} s)")
+        return self
+
+
+class TlsConfig(_Strict):
+    """MQTT over TLS: the broker is verified against `ca`; `cert` and `key` identify edged to it."""
+
+    ca: Path | None = None  # None: the system's trusted CAs
+    cert: Path | None = None
+    key: Path | None = None
+    insecure: bool = False  # skip the host name check (never the chain): for brokers addressed by IP
+
+    @field_validator("ca", "cert", "key")
+    @classmethod
+    def _file_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"file not found: {path}: give the path of a PEM file")
+        return path
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> TlsConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError(
+                "cert and key go together: give both (a client certificate and its private key) or neither"
+            )
+        return self
+
+
+DEFAULT_CREDENTIAL = "mqtt-password"  # the name systemd/edged.service passes with LoadCredential=
+
+
 class MqttConfig(_Strict):
     host: str = "127.0.0.1"
-    port: int = Field(default=1883, ge=1, le=65535)
+    port: int = Field(default=1883, ge=1, le=65535)  # 8883 when `tls` is given (see _default_port)
     topic_prefix: str = "edged"
     client_id: str = Field(default_factory=lambda: f"edged-{socket.gethostname()}")
     username: str | None = None
-    password: str | None = Field(default=None, repr=False)
+    # The password comes from one of these; see edged/secrets.py for the order and the reasons.
+    password_env: str | None = None  # name of an environment variable
+    password_file: Path | None = None
+    credential: str = DEFAULT_CREDENTIAL  # a systemd credential ($CREDENTIALS_DIRECTORY), used when present
+    password: str | None = Field(default=None, repr=False)  # plain text: refused unless allow_plain_password
+    allow_plain_password: bool = False
+    tls: TlsConfig | None = None
     keepalive: int = Field(default=30, ge=5, le=3600)
     qos: QosConfig = QosConfig()
     outbox_size: int = Field(default=10_000, ge=1)
+    inflight: int = Field(default=20, ge=1, le=65535)  # QoS>0 messages sent but not yet acknowledged
+    backoff: Backoff = Backoff()
 
     @field_validator("topic_prefix")
     @classmethod
@@ -55,6 +103,35 @@ class MqttConfig(_Strict):
         if not value or any(c in value for c in "#+\0") or value.startswith("/") or value.endswith("/"):
             raise ValueError("must be a plain MQTT topic without wildcards or leading/trailing '/'")
         return value
+
+    @field_validator("credential")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not value or value in (".", "..") or "/" in value or "\0" in value:
+            raise ValueError("must be a plain credential name as given to LoadCredential= (no '/')")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_port(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("port") is None and data.get("tls") is not None:
+            data = {**data, "port": 8883}  # MQTT over TLS's registered port
+        return data
+
+    @model_validator(mode="after")
+    def _password_rules(self) -> MqttConfig:
+        given = [key for key in ("password", "password_env", "password_file") if getattr(self, key) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give the password one way only, not {' and '.join(given)}")
+        if self.password is not None and not self.allow_plain_password:
+            # Not echoed: the value is the secret. Config files get copied, diffed and pasted into tickets.
+            raise ValueError(
+                "password: a plain-text password in the config file is refused: use password_file, "
+                "password_env or the systemd credential (or set allow_plain_password: true)"
+            )
+        if given and self.username is None:
+            raise ValueError(f"{given[0]} is set but username is not: MQTT sends a password only with a user name")
+        return self
 
 
 class ModelConfig(_Strict):
@@ -82,6 +159,8 @@ class CameraConfig(_Strict):
     fps: float | None = Field(default=None, gt=0.0, le=240.0)
     realtime: bool = True
     loop: bool = True
+    stall_timeout: float = Field(default=10.0, gt=0.0, le=3600.0)  # no frame for this long: reopen
+    backoff: Backoff = Backoff()
 
     @field_validator("url", mode="before")
     @classmethod
@@ -224,6 +303,15 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     model = raw.get("model")
     if isinstance(model, dict) and isinstance(model.get("path"), str):
         model["path"] = str(_relative_to(base, model["path"]))
+    mqtt = raw.get("mqtt")
+    if isinstance(mqtt, dict):
+        if isinstance(mqtt.get("password_file"), str):
+            mqtt["password_file"] = str(_relative_to(base, mqtt["password_file"]))
+        tls = mqtt.get("tls")
+        if isinstance(tls, dict):
+            for key in ("ca", "cert", "key"):
+                if isinstance(tls.get(key), str):
+                    tls[key] = str(_relative_to(base, tls[key]))
     cameras = raw.get("cameras")
     if not isinstance(cameras, dict):
         return
@@ -250,7 +338,7 @@ def _describe(path: Path, error: ValidationError) -> str:
             message = "required key is missing"
         value = item.get("input")
         shown = "" if item["type"] in ("missing", "extra_forbidden") or isinstance(value, dict) else f" (got {value!r})"
-        if "not found" in message:
-            shown = ""  # the message already names the path
+        if "not found" in message or "password" in loc:
+            shown = ""  # the message already names the path; a password value is never echoed
         lines.append(redact_url(f"{path}: {loc}: {message}{shown}"))
     return "\n".join(lines)

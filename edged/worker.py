@@ -1,0 +1,87 @@
+"""A camera's own thread for its blocking calls, which the event loop can walk away from.
+
+Not a ThreadPoolExecutor: its threads are joined at interpreter exit, so a capture stuck in a
+network read (OpenCV can block for 30 s) would hold up shutdown. A Worker's thread is a daemon,
+and `abandon()` lets a camera start over on a fresh thread while the stuck one finishes (and
+releases its capture) in its own time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+log = logging.getLogger("edged.camera")
+
+T = TypeVar("T")
+_Settle = Callable[[object, BaseException | None], None]  # called on the worker thread with the outcome
+_Job = tuple[Callable[..., Any], tuple[Any, ...], _Settle | None]
+
+
+class Worker:
+    """Runs calls one at a time, in order, on one daemon thread."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    async def call(self, function: Callable[..., T], *args: object, discard: Callable[[T], object] | None = None) -> T:
+        """Run `function(*args)` on the thread; cancelling the await does not stop a call already running.
+
+        `discard` runs on the thread with a result nobody waits for any more (say, a capture
+        opened after its camera gave up on it), so that it is released rather than leaked.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def settle(result: object, error: BaseException | None) -> None:
+            if future.done() and error is None and discard is not None:
+                discard(result)  # type: ignore[arg-type]
+                return
+
+            def on_loop() -> None:
+                if future.done():
+                    return  # cancelled or abandoned while the thread was busy
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)  # type: ignore[arg-type]
+
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
+                loop.call_soon_threadsafe(on_loop)
+
+        self._jobs.put((function, args, settle))
+        return await future
+
+    def submit(self, function: Callable[..., object], *args: object) -> None:
+        """Run `function` after the calls already queued; nobody waits for it (e.g. a release)."""
+        self._jobs.put((function, args, None))
+
+    def close(self) -> None:
+        """Let the thread end once the calls already queued have run."""
+        self._jobs.put(None)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            function, args, settle = job
+            try:
+                result = function(*args)
+            except BaseException as error:
+                if settle is None:
+                    log.debug("%s: background call %s failed: %s", self.name, getattr(function, "__name__", "?"), error)
+                else:
+                    settle(None, error)
+            else:
+                if settle is not None:
+                    settle(result, None)

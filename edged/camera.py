@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ from typing import Any, Protocol, TypeVar, cast
 
 import cv2
 
-from edged.config import Backoff, CameraConfig
+from edged.backoff import Retry
+from edged.config import CameraConfig
 from edged.errors import EdgedError
 from edged.frame import Frame, FrameSlot, Image
 from edged.sniff import sniff
@@ -187,31 +187,6 @@ class _Decoded:
     due: float | None  # for real-time files: wait until then before handing the frame over
     image: Image
     tensor: Image
-
-
-class Retry:
-    """Exponential backoff with jitter: `min` doubling to `max`, each wait within ±20 %.
-
-    Jitter keeps cameras (and a fleet of edge boxes) that lost the same network from
-    hammering it back in lockstep.
-    """
-
-    def __init__(self, backoff: Backoff) -> None:
-        self._backoff = backoff
-        self._next = backoff.min
-
-    @property
-    def first(self) -> bool:
-        """True until the first wait of an outage has been taken."""
-        return self._next == self._backoff.min
-
-    def next_wait(self) -> float:
-        wait = self._next
-        self._next = min(self._next * 2, self._backoff.max)
-        return wait * random.uniform(0.8, 1.2)
-
-    def reset(self) -> None:
-        self._next = self._backoff.min
 
 
 class Camera:

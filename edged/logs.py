@@ -17,5 +17,5 @@ def setup_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Library chatter (paho's per-packet debug lines) is not what an operator needs at 3 a.m.
-    for noisy in ("aiomqtt", "paho"):
+    for noisy in ("aiomqtt", "paho", "mqtt", "edged.mqtt.client"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))

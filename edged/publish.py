@@ -1,9 +1,18 @@
 """MQTT publishing through a bounded outbox, so a broker outage delays messages instead of losing them.
 
 `publish()` never blocks and never fails: it queues. One task drains the queue in order while the
-broker is reachable and reconnects with backoff while it is not. When the outbox is full the oldest
-messages go first and are counted. Retained state (statuses) is kept apart as "latest value per
-topic": it takes no outbox space and is re-sent first on every reconnect.
+broker is reachable and reconnects with backoff while it is not.
+
+Delivery: a message leaves the outbox only once the broker has acknowledged it (PUBACK for QoS 1,
+PUBCOMP for QoS 2) or, for QoS 0, once it was written to the socket (QoS 0 promises no more: a
+message written to a socket the broker just died on is lost). Up to `mqtt.inflight` messages are
+on the wire at once, so a distant broker's round trip does not cap the rate. After a reconnect
+the unacknowledged ones are sent again: a subscriber may see at most that many duplicates per
+outage (QoS 1 is at-least-once), recognisable by their camera and `seq`.
+
+When the outbox is full the oldest waiting messages go first and are counted. Retained state
+(statuses) is kept apart as "latest value per topic": it takes no outbox space and is re-sent
+first on every reconnect, because the broker may have lost it.
 """
 
 from __future__ import annotations
@@ -11,18 +20,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
+import time
 from collections import deque
 from dataclasses import dataclass
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 
+from edged.backoff import Retry
 from edged.config import MqttConfig
+from edged.secrets import MqttSecurity
 
 log = logging.getLogger("edged.mqtt")
 
-RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0
-PUBLISH_TIMEOUT_S = 10.0
+PUBLISH_TIMEOUT_S = 10.0  # an acknowledgement later than this means the connection is dead
+_REFUSED_CREDENTIALS = {4, 5, 134, 135}  # MQTT 3.1.1 CONNACK 4/5 and their MQTT 5 reason codes
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,26 +46,33 @@ class Message:
 
 
 class Publisher:
-    def __init__(self, config: MqttConfig) -> None:
+    def __init__(self, config: MqttConfig, security: MqttSecurity | None = None) -> None:
         self._config = config
+        self._security = security or MqttSecurity()
         self.prefix = config.topic_prefix
         self.status_topic = f"{self.prefix}/status"
         self._outbox: deque[Message] = deque()
+        self._pending: deque[asyncio.Task[None]] = deque()  # sends of the outbox's first messages, in order
         self._retained: dict[str, Message] = {}
         self._unsent_retained: dict[str, Message] = {}
         self._wake = asyncio.Event()
         self._closing = False
         self._closed = asyncio.Event()
         self.connected = asyncio.Event()
+        self.settled = asyncio.Event()  # the first connection attempt is over, whatever its outcome
+        self._last_problem = ""
+        self._lost_at: float | None = None
         self.dropped = 0
         self.published = 0
+        self.reconnects = 0
 
     # -- producer side, on the event loop ---------------------------------------------------
 
     def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
-        """Queue a message; when the outbox is full the oldest queued message is dropped."""
-        if len(self._outbox) >= self._config.outbox_size:
-            self._outbox.popleft()
+        """Queue a message; when the outbox is full the oldest waiting message is dropped."""
+        if len(self._outbox) >= self._config.outbox_size and len(self._outbox) > len(self._pending):
+            # Never one already on the wire: its acknowledgement would retire the wrong message.
+            del self._outbox[len(self._pending)]
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning(
@@ -81,23 +100,24 @@ class Publisher:
 
     async def run(self) -> None:
         """Connect, drain, reconnect; returns once `close()` has flushed and said goodbye."""
-        retry = RETRY_MIN_S
+        retry = Retry(self._config.backoff)
         try:
             while not self._closed.is_set():
                 try:
                     async with self._client() as client:
                         self._on_connected()
-                        retry = RETRY_MIN_S
-                        await self._drain(client)
+                        retry.reset()
+                        await self._session(client)
                         return
-                except aiomqtt.MqttError as error:
-                    self._on_connection_lost(error, retry)
+                except* aiomqtt.MqttError as group:
+                    self._on_connection_lost(group.exceptions[0])
+                finally:
+                    self._pending.clear()  # their messages are still first in the outbox: sent again
+                    self.settled.set()
                 if self._closing:
                     return  # not connected at shutdown: what is still queued cannot be delivered
                 with contextlib.suppress(TimeoutError):
-                    # Jitter keeps a fleet of edge boxes from reconnecting in lockstep after a broker restart.
-                    await asyncio.wait_for(self._closed.wait(), retry * random.uniform(0.8, 1.2))
-                retry = min(retry * 2, RETRY_MAX_S)
+                    await asyncio.wait_for(self._closed.wait(), retry.next_wait())
         finally:
             self.connected.clear()
             self._closed.set()
@@ -106,6 +126,8 @@ class Publisher:
         """Flush what is queued (up to `timeout`), publish `offline` and disconnect."""
         self._closing = True
         self._wake.set()
+        if not self.connected.is_set():
+            self._closed.set()  # nothing can be flushed; waiting would only delay the exit
         try:
             await asyncio.wait_for(self._closed.wait(), timeout)
         except TimeoutError:
@@ -116,63 +138,132 @@ class Publisher:
 
     def _client(self) -> aiomqtt.Client:
         config = self._config
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             config.host,
             config.port,
             identifier=config.client_id,
             username=config.username,
-            password=config.password,
+            password=self._security.password,
             keepalive=config.keepalive,
             will=aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True),
             timeout=PUBLISH_TIMEOUT_S,
+            tls_context=self._security.tls,
+            max_inflight_messages=config.inflight,
+            logger=logging.getLogger("edged.mqtt.client"),
         )
+        # aiomqtt warns past 10 unacknowledged publishes; a full window is the normal state here.
+        client.pending_calls_threshold = config.inflight + len(self._retained) + 1
+        return client
 
     def _on_connected(self) -> None:
-        log.info("MQTT: connected to %s:%d as %s", self._config.host, self._config.port, self._config.client_id)
+        where = f"{self._config.host}:{self._config.port}"
+        if self._lost_at is None:
+            tls = " over TLS" if self._security.tls is not None else ""
+            log.info("MQTT: connected to %s%s as %s", where, tls, self._config.client_id)
+        else:
+            log.info(
+                "MQTT: reconnected to %s after %.1f s offline; delivering %d queued messages (%d dropped so far)",
+                where,
+                time.monotonic() - self._lost_at,
+                len(self._outbox),
+                self.dropped,
+            )
+            self.reconnects += 1
+        self._lost_at = None
+        self._last_problem = ""
         self.set_retained(self.status_topic, b"online")
         # Whatever the broker had of our retained state may be stale (or gone with its restart).
         self._unsent_retained = {self.status_topic: self._retained[self.status_topic], **self._retained}
         self.connected.set()
 
-    def _on_connection_lost(self, error: aiomqtt.MqttError, retry: float) -> None:
+    def _on_connection_lost(self, error: BaseException) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
-        if was_connected or retry == RETRY_MIN_S:
+        level, problem = self._describe(error)
+        if was_connected:
+            self._lost_at = time.monotonic()
             log.warning(
-                "MQTT: broker %s:%d unreachable (%s); queueing up to %d messages, retrying",
+                "MQTT: lost the connection to %s:%d; queueing up to %d messages, reconnecting",
                 self._config.host,
                 self._config.port,
-                error,
                 self._config.outbox_size,
             )
+        elif problem != self._last_problem and (level > logging.WARNING or not self._last_problem):
+            # Once per kind of trouble: a refusal needs the operator; an outage only patience.
+            log.log(level, "MQTT: %s; queueing up to %d messages, retrying", problem, self._config.outbox_size)
         else:
-            log.debug("MQTT: still unreachable (%s); next try in %.0f s", error, retry)
+            log.debug("MQTT: still failing (%s)", problem)
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
+        self._last_problem = problem
 
-    async def _drain(self, client: aiomqtt.Client) -> None:
+    def _describe(self, error: BaseException) -> tuple[int, str]:
+        """How bad, and what to do: a refusal needs the operator, an outage only patience."""
+        where = f"{self._config.host}:{self._config.port}"
+        code = getattr(error, "rc", None)
+        if isinstance(error, MqttConnectError) and getattr(code, "value", code) in _REFUSED_CREDENTIALS:
+            user = self._config.username
+            who = f"user {user!r}" if user else "an anonymous client"
+            return logging.ERROR, (
+                f"broker {where} refused the credentials of {who} ({code}): check mqtt.username and the password "
+                "(password_file, password_env or the systemd credential) against the broker's password file"
+            )
+        text = str(error.__cause__ or error)  # "Disconnected during message iteration" hides the reason
+        if "SSL" in text or "certificate" in text:
+            return logging.ERROR, (
+                f"TLS handshake with {where} failed ({text}): check mqtt.tls.ca (the CA that signed the broker's "
+                "certificate), the name it was issued for (or mqtt.tls.insecure) and mqtt.port"
+            )
+        return logging.WARNING, f"broker {where} unreachable ({text})"
+
+    # -- one connection ---------------------------------------------------------------------
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        """Drain until closing; a lost connection fails the watcher and with it the whole group."""
+        async with asyncio.TaskGroup() as tasks:
+            watcher = tasks.create_task(self._watch(client), name="mqtt-connection")
+            await self._drain(client, tasks)
+            watcher.cancel()
+
+    @staticmethod
+    async def _watch(client: aiomqtt.Client) -> None:
+        # Pending acknowledgements never fail on their own when the connection drops (they would
+        # just time out); the message iterator does, at once.
+        async for _ in client.messages:
+            pass
+
+    async def _drain(self, client: aiomqtt.Client, tasks: asyncio.TaskGroup) -> None:
         while True:
             while self._unsent_retained:
                 topic, message = next(iter(self._unsent_retained.items()))
                 await self._send(client, message)
                 if self._unsent_retained.get(topic) is message:
                     del self._unsent_retained[topic]
-            if self._outbox:
-                message = self._outbox.popleft()
-                try:
-                    await self._send(client, message)
-                except BaseException:
-                    self._outbox.appendleft(message)  # not delivered: it stays first in line
-                    raise
-                continue
-            if self._closing:
+            while len(self._pending) < self._config.inflight and len(self._pending) < len(self._outbox):
+                message = self._outbox[len(self._pending)]
+                self._pending.append(tasks.create_task(self._send(client, message)))
+            while self._pending and _succeeded(self._pending[0]):
+                self._pending.popleft()
+                self._outbox.popleft()
+            if self._closing and not self._outbox and not self._unsent_retained:
                 await self._send(client, Message(self.status_topic, b"offline", 1, True))
                 log.info("MQTT: published offline, disconnecting")
                 self._closed.set()
                 return
             self._wake.clear()
+            if self._unsent_retained or (self._pending and _succeeded(self._pending[0])):
+                continue
             await self._wake.wait()
 
     async def _send(self, client: aiomqtt.Client, message: Message) -> None:
-        await client.publish(
-            message.topic, message.payload, qos=message.qos, retain=message.retain, timeout=PUBLISH_TIMEOUT_S
-        )
+        try:
+            await client.publish(
+                message.topic, message.payload, qos=message.qos, retain=message.retain, timeout=PUBLISH_TIMEOUT_S
+            )
+        finally:
+            self._wake.set()
         self.published += 1
+
+
+def _succeeded(task: asyncio.Task[None]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is None

@@ -1,4 +1,4 @@
-"""Where the MQTT password comes from, so that it never has to sit in the YAML file.
+"""How edged logs in to the broker: the password (never from the YAML file unless asked) and TLS.
 
 Order: the one source the config names (`password_env`, `password_file`, or a plain `password`
 with `allow_plain_password: true`); otherwise the systemd credential (`LoadCredential=`), when
@@ -7,11 +7,13 @@ edged runs with one. Every failure names the key and what to do, never the secre
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edged import systemd
-from edged.config import MqttConfig
+from edged.config import MqttConfig, TlsConfig
 from edged.errors import ConfigError
 
 
@@ -54,3 +56,42 @@ def _read_password_file(path: Path, source: Path | str) -> str:
     if not value:
         raise ConfigError(f"{source}: mqtt.password_file: {path} is empty: write the broker password into it")
     return value
+
+
+@dataclass(frozen=True)
+class MqttSecurity:
+    """What edged needs to log in to the broker, resolved once at start (and by `edged check`)."""
+
+    password: str | None = field(default=None, repr=False)
+    tls: ssl.SSLContext | None = None
+
+
+def mqtt_security(config: MqttConfig, environ: Mapping[str, str], source: Path | str) -> MqttSecurity:
+    password = mqtt_password(config, environ, source)
+    return MqttSecurity(password, None if config.tls is None else tls_context(config.tls, source))
+
+
+def tls_context(tls: TlsConfig, source: Path | str) -> ssl.SSLContext:
+    """A client context that verifies the broker; each bad file is named in the error."""
+    try:
+        context = ssl.create_default_context(cafile=None if tls.ca is None else str(tls.ca))
+    except (ssl.SSLError, OSError) as error:
+        raise ConfigError(
+            f"{source}: mqtt.tls.ca: {tls.ca} is not a usable CA certificate ({_reason(error)}): "
+            "give the PEM file of the CA that signed the broker's certificate"
+        ) from None
+    if tls.cert is not None and tls.key is not None:
+        try:
+            context.load_cert_chain(str(tls.cert), str(tls.key))
+        except (ssl.SSLError, OSError) as error:
+            raise ConfigError(
+                f"{source}: mqtt.tls.cert/key: cannot use {tls.cert} with {tls.key} ({_reason(error)}): "
+                "give a PEM certificate and the unencrypted private key that belongs to it"
+            ) from None
+    if tls.insecure:
+        context.check_hostname = False  # the chain is still verified; only the name check goes
+    return context
+
+
+def _reason(error: OSError) -> str:
+    return str(getattr(error, "reason", None) or error.strerror or type(error).__name__)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import cast
@@ -17,6 +18,7 @@ from edged.config import Config, ModelConfig, load_config
 from edged.errors import EdgedError
 from edged.frame import Image
 from edged.redact import REDACTOR
+from edged.secrets import MqttSecurity, mqtt_security
 
 log = logging.getLogger("edged")
 
@@ -33,10 +35,15 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except EdgedError as error:
         # The message already names the file, key or camera and what to do: no traceback.
-        print(f"edged: {REDACTOR.redact(str(error))}", file=sys.stderr)
+        for line in str(error).splitlines():
+            print(f"edged: {REDACTOR.redact(line)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
+    except Exception:
+        # A bug, not bad input: the traceback is for the developer, redacted like every log line.
+        log.exception("edged failed unexpectedly; please report this with the lines above")
+        return EXIT_FAILURE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,18 +71,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _validated(path: Path) -> Config:
+def _validated(path: Path) -> tuple[Config, MqttSecurity]:
     import openvino as ov
 
     from edged.inference import read_model
 
     config = load_config(path)
+    security = mqtt_security(config.mqtt, os.environ, path)
+    REDACTOR.add_secret(security.password)  # from here on no log line can show it
     read_model(config.model, ov.Core())
-    return config
+    return config, security
 
 
 def _check(args: argparse.Namespace) -> int:
-    config = _validated(args.config)
+    config, _ = _validated(args.config)
     print(f"{args.config}: OK ({len(config.cameras)} cameras, model {config.model.name})")
     return EXIT_OK
 
@@ -83,9 +92,8 @@ def _check(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from edged.supervisor import Supervisor
 
-    config = _validated(args.config)
-    REDACTOR.add_secret(config.mqtt.password)
-    asyncio.run(Supervisor(config).run())
+    config, security = _validated(args.config)
+    asyncio.run(Supervisor(config, security, args.config).run())
     return EXIT_OK
 
 

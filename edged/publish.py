@@ -171,6 +171,7 @@ class Publisher:
             self.reconnects += 1
         self._lost_at = None
         self._last_problem = ""
+        self.settled.set()
         self.set_retained(self.status_topic, b"online")
         # Whatever the broker had of our retained state may be stale (or gone with its restart).
         self._unsent_retained = {self.status_topic: self._retained[self.status_topic], **self._retained}

@@ -97,9 +97,14 @@ class Supervisor:
 
     async def _wait_for_broker(self) -> None:
         """READY means serving: the broker was reached, or its first attempt failed and the outbox took over."""
+        settled = asyncio.ensure_future(self._publisher.settled.wait())
+        stop = asyncio.ensure_future(self._lifecycle.stop_requested.wait())
         try:
-            await asyncio.wait_for(self._publisher.settled.wait(), READY_WAIT_S)
-        except TimeoutError:
+            done, _ = await asyncio.wait({settled, stop}, timeout=READY_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            settled.cancel()
+            stop.cancel()
+        if not done:
             log.warning("MQTT: no answer from the broker yet; messages are queued meanwhile")
 
     async def _shut_down(

@@ -119,7 +119,11 @@ class Supervisor:
         dispatch_task.cancel()
         await self._publisher.close(FLUSH_TIMEOUT_S)
         mqtt_task.cancel()
-        log.info("edged stopped in %.1f s", time.monotonic() - started)
+        log.info(
+            "edged stopped in %.1f s; %d MQTT messages were dropped from a full outbox during this run",
+            time.monotonic() - started,
+            self._publisher.dropped,
+        )
 
     # -- cameras --------------------------------------------------------------------------------
 

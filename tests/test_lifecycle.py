@@ -1,0 +1,179 @@
+"""Signals and systemd: reload on SIGHUP without disturbing untouched cameras, clean stops, sd_notify.
+
+edged runs as a child process; the notify socket is a real AF_UNIX datagram socket the test binds,
+exactly what systemd hands a Type=notify service.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.edged_process import EdgedProcess, base_config, write_config
+from tests.support.mqtt import Subscriber
+
+FPS = 10.0
+
+
+def _camera(shared_dir: Path, media: str, **options: Any) -> dict[str, Any]:
+    return {"url": str(shared_dir / "media" / media), "fps": FPS, **options}
+
+
+def _seqs(subscriber: Subscriber, camera: str) -> list[int]:
+    return [m.json()["seq"] for m in subscriber.messages(f"edged/{camera}/detections")]
+
+
+def _largest_gap(subscriber: Subscriber, camera: str, start: float, end: float) -> float:
+    times = [m.received_at for m in subscriber.messages(f"edged/{camera}/detections")]
+    times = [start, *(t for t in times if start <= t <= end), end]
+    return max(b - a for a, b in itertools.pairwise(times))
+
+
+@pytest.mark.slow
+def test_sighup_adds_removes_and_restarts_cameras_while_untouched_ones_keep_streaming(
+    tmp_path: Path, shared_dir: Path, broker: Any, subscriber: Any
+) -> None:
+    watcher = subscriber(broker, "edged/#")
+    cameras = {
+        "kept": _camera(shared_dir, "classroom.mp4"),
+        "gone": _camera(shared_dir, "face-demographics-walking.mp4"),
+        "tuned": _camera(shared_dir, "head-pose-face-detection-female.mp4"),
+    }
+    path = write_config(tmp_path / "edged.yaml", base_config(shared_dir, broker.port, cameras))
+    with EdgedProcess(path, tmp_path / "edged.log") as edged:
+        for name in cameras:
+            watcher.wait_for_count(f"edged/{name}/detections", 5, timeout=60)
+        cameras.pop("gone")
+        cameras["tuned"] = {**cameras["tuned"], "fps": 5.0}
+        cameras["added"] = _camera(shared_dir, "head-pose-face-detection-male.mp4")
+        write_config(path, base_config(shared_dir, broker.port, cameras))
+
+        reload_start = time.monotonic()
+        edged.send(signal.SIGHUP)
+        edged.wait_for_log(r"reload done in [\d.]+ s: added added; removed gone; restarted tuned")
+        watcher.wait_for_count("edged/added/detections", 5, timeout=30)
+        reload_end = time.monotonic()
+        code, _ = edged.stop(signal.SIGTERM)
+        log = edged.log()
+
+    assert code == 0, log
+    retained_gone = [m.text() for m in watcher.messages("edged/gone/status")]
+    assert retained_gone[-1] == "offline"
+    assert "online" in [m.text() for m in watcher.messages("edged/added/status")]
+    assert "offline" in [m.text() for m in watcher.messages("edged/tuned/status")]  # restarted: down, then up
+    kept = _seqs(watcher, "kept")
+    assert kept == list(range(len(kept)))
+    assert _largest_gap(watcher, "kept", reload_start, reload_end) < 1.0  # 10 fps through the reload
+    assert "camera kept" not in log.split("received SIGHUP")[1].split("reload done")[0]
+
+
+@pytest.mark.slow
+def test_an_invalid_config_on_sighup_is_refused_and_the_running_one_kept(
+    tmp_path: Path, shared_dir: Path, broker: Any, subscriber: Any
+) -> None:
+    watcher = subscriber(broker, "edged/#")
+    cameras = {"kept": _camera(shared_dir, "classroom.mp4")}
+    path = write_config(tmp_path / "edged.yaml", base_config(shared_dir, broker.port, cameras))
+    with EdgedProcess(path, tmp_path / "edged.log") as edged:
+        watcher.wait_for_count("edged/kept/detections", 5, timeout=60)
+        path.write_text(path.read_text().replace("fps: 10.0", "fps: fast"))
+        edged.send(signal.SIGHUP)
+        edged.wait_for_log(r"reload refused, the running configuration is kept: .*edged\.yaml: cameras\.kept\.fps")
+        count = len(watcher.messages("edged/kept/detections"))
+        watcher.wait_for_count("edged/kept/detections", count + 10, timeout=10)
+        code, _ = edged.stop(signal.SIGTERM)
+        log = edged.log()
+    assert code == 0
+    assert "Traceback" not in log
+
+
+@pytest.mark.slow
+def test_sigterm_with_the_broker_down_still_exits_0_within_5_s(tmp_path: Path, shared_dir: Path, broker: Any) -> None:
+    cameras = {"kept": _camera(shared_dir, "classroom.mp4")}
+    path = write_config(tmp_path / "edged.yaml", base_config(shared_dir, broker.port, cameras))
+    with EdgedProcess(path, tmp_path / "edged.log") as edged:
+        edged.wait_for_log("MQTT: connected")
+        broker.kill()
+        edged.wait_for_log("MQTT: lost the connection")
+        time.sleep(1.0)  # detections pile up in the outbox
+        code, seconds = edged.stop(signal.SIGTERM)
+        log = edged.log()
+    assert code == 0, log
+    assert seconds < 5
+    assert "queued messages could not be delivered before shutdown" in log
+
+
+class NotifySocket:
+    """A bound AF_UNIX datagram socket recording every sd_notify message, like systemd's."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.settimeout(0.2)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self._sock.recv(4096)
+            except TimeoutError:
+                continue
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append((time.monotonic(), fields))
+
+    def keys(self) -> list[str]:
+        """The notable key of each message in order (READY, RELOADING, STOPPING, WATCHDOG, STATUS)."""
+        order = ("READY", "RELOADING", "STOPPING", "WATCHDOG", "STATUS")
+        return [next(key for key in order if key in fields) for _, fields in self.messages]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sock.close()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
+    sock = NotifySocket(tmp_path / "notify.sock")
+    yield sock
+    sock.close()
+
+
+@pytest.mark.slow
+def test_systemd_hears_ready_watchdog_status_reload_and_stop(
+    tmp_path: Path, shared_dir: Path, broker: Any, subscriber: Any, notify_socket: NotifySocket
+) -> None:
+    watcher = subscriber(broker, "edged/#")
+    cameras = {"kept": _camera(shared_dir, "classroom.mp4")}
+    path = write_config(tmp_path / "edged.yaml", base_config(shared_dir, broker.port, cameras))
+    env = {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "2000000"}
+    with EdgedProcess(path, tmp_path / "edged.log", env=env) as edged:
+        watcher.wait_for_count("edged/kept/detections", 5, timeout=60)
+        time.sleep(3.0)  # a 2 s watchdog is fed every second
+        edged.send(signal.SIGHUP)
+        edged.wait_for_log("reload done")
+        time.sleep(0.5)
+        code, _ = edged.stop(signal.SIGTERM)
+    assert code == 0
+    keys = notify_socket.keys()
+    ready = keys.index("READY")
+    assert "WATCHDOG" not in keys[:ready]  # the watchdog counts only once edged said it is ready
+    assert keys.count("WATCHDOG") >= 3
+    reloading = keys.index("RELOADING")
+    assert "READY" in keys[reloading:]
+    assert "MONOTONIC_USEC" in notify_socket.messages[reloading][1]
+    assert keys[-1] == "STOPPING"
+    statuses = [fields["STATUS"] for _, fields in notify_socket.messages if "STATUS" in fields]
+    assert any("1/1 cameras online" in status and "MQTT connected" in status for status in statuses)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import cast
@@ -26,6 +27,9 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Until the supervisor installs its own handlers, a SIGTERM (systemd's stop) is a quiet exit 0
+    # like Ctrl-C, not a death by signal.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     args = _parser().parse_args(argv)
     from edged.logs import setup_logging
 
@@ -91,9 +95,16 @@ def _check(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from edged.supervisor import Supervisor
+    from edged.worker import busy_workers
 
     config, security = _validated(args.config)
     asyncio.run(Supervisor(config, security, args.config).run())
+    if busy_workers():
+        # A camera thread is still blocked inside OpenCV/FFmpeg. The normal exit would run the C++
+        # libraries' static destructors under its feet (std::terminate, exit 134): leave at once,
+        # everything worth keeping (MQTT flush, offline statuses, logs) is done.
+        logging.shutdown()
+        os._exit(EXIT_OK)
     return EXIT_OK
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edged import health
+from edged import health, worker
 from edged.camera import Camera
 from edged.config import CameraConfig, Config, load_config
 from edged.dispatch import Dispatcher
@@ -33,6 +33,7 @@ log = logging.getLogger("edged")
 
 DRAIN_TIMEOUT_S = 2.0  # in-flight inferences take tens of milliseconds; this is a generous bound
 FLUSH_TIMEOUT_S = 2.0  # together they keep a SIGTERM stop well within 5 s and systemd's patience
+WORKER_JOIN_S = 1.0  # for camera threads to release their captures at shutdown
 READY_WAIT_S = 15.0  # READY=1 waits at most this long for the first broker connection attempt
 
 
@@ -83,8 +84,9 @@ class Supervisor:
             mqtt_task = tasks.create_task(self._publisher.run(), name="mqtt")
             dispatch_task = tasks.create_task(dispatcher.run(), name=f"dispatch-{engine.name}")
             self._pipeline = (mqtt_task, dispatch_task)
-            for name, camera in self._config.cameras.items():
-                self._start_camera(name, camera)
+            if not self._lifecycle.stop_requested.is_set():  # a SIGTERM during the compile: start nothing
+                for name, camera in self._config.cameras.items():
+                    self._start_camera(name, camera)
             await self._wait_for_broker()
             log.info("edged running: %d cameras on model %s", len(self._cameras), engine.name)
             self._lifecycle.ready(self._health().summary)
@@ -112,6 +114,9 @@ class Supervisor:
     ) -> None:
         started = time.monotonic()
         await self._stop_cameras(list(self._cameras))
+        # Captures are released on their own threads; let them finish (a hung one is left behind).
+        if stuck := await asyncio.to_thread(worker.join_all, WORKER_JOIN_S):
+            log.warning("%s still blocked in a read; not waiting for it", ", ".join(stuck))
         try:
             await asyncio.wait_for(dispatcher.drain(), DRAIN_TIMEOUT_S)
         except TimeoutError:
@@ -183,6 +188,8 @@ class Supervisor:
         self._reloading = True
         try:
             await self._stop_cameras([*changes.removed, *changes.changed])
+            for name in changes.removed:
+                log.info("camera %s: stopped, removed from the configuration", name)
             self._config = self._config.model_copy(update={"cameras": new.cameras})
             for name in (*changes.added, *changes.changed):
                 self._start_camera(name, new.cameras[name])

@@ -13,6 +13,8 @@ import contextlib
 import logging
 import queue
 import threading
+import time
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -23,6 +25,22 @@ _Settle = Callable[[object, BaseException | None], None]  # called on the worker
 _Job = tuple[Callable[..., Any], tuple[Any, ...], _Settle | None]
 
 
+_workers: weakref.WeakSet[Worker] = weakref.WeakSet()
+
+
+def busy_workers() -> list[str]:
+    """Names of worker threads still running a call (say, a read stuck on a hung camera)."""
+    return sorted(worker.name for worker in list(_workers) if worker.alive)
+
+
+def join_all(timeout: float) -> list[str]:
+    """Wait up to `timeout` in all for closed workers to finish their queued calls; the names still busy."""
+    deadline = time.monotonic() + timeout
+    for worker in list(_workers):
+        worker.join(max(0.0, deadline - time.monotonic()))
+    return busy_workers()
+
+
 class Worker:
     """Runs calls one at a time, in order, on one daemon thread."""
 
@@ -31,6 +49,7 @@ class Worker:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+        _workers.add(self)
 
     async def call(self, function: Callable[..., T], *args: object, discard: Callable[[T], object] | None = None) -> T:
         """Run `function(*args)` on the thread; cancelling the await does not stop a call already running.
@@ -71,6 +90,9 @@ class Worker:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:

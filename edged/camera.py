@@ -35,6 +35,7 @@ StatusCallback = Callable[[str, bool], None]
 T = TypeVar("T")
 
 IMAGE_DEFAULT_FPS = 1.0  # an image camera repeats its image at this rate unless `fps` says otherwise
+_MJPEG_SUFFIXES = (".mjpeg", ".mjpg", ".mjp")
 OPEN_GRACE_S = 5.0  # opening may take this much longer than a read before it counts as stalled
 
 
@@ -83,7 +84,8 @@ class CaptureSource:
             capture = cv2.VideoCapture(device, cv2.CAP_V4L2)
         elif kind == "video":
             found, name = sniff(url)
-            if found == "image":
+            # A raw MJPEG stream is a run of JPEG images, so it starts like one: only its suffix tells.
+            if found == "image" and not url.lower().endswith(_MJPEG_SUFFIXES):
                 raise SourceError(
                     f"camera {self._camera}: {url} holds an image ({name}), not a video: give it an image suffix "
                     f"(.{name.lower()}) to repeat it as a still, or point url at a video file",
@@ -114,7 +116,15 @@ class CaptureSource:
         return cast(Image, image)
 
     def rewind(self) -> bool:
-        return bool(self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0))
+        # Reopen rather than seek: a seek to frame 0 "succeeds" on files that cannot seek (a raw
+        # MJPEG stream) and the next read fails; opening a file again costs milliseconds.
+        self._capture.release()
+        self._capture = self._open()
+        return True
+        # Not seekable (a raw MJPEG or H.264 stream file): loop by opening it again.
+        self._capture.release()
+        self._capture = self._open()
+        return True
 
     def release(self) -> None:
         self._capture.release()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
+from xml.etree import ElementTree
 
 import cv2
 import openvino as ov
@@ -58,6 +59,7 @@ def read_model(config: ModelConfig, core: ov.Core) -> tuple[ov.Model, ModelInfo]
         raise ModelError(
             f"model {path}: its weights file {path.with_suffix('.bin').name} is missing: put it beside the .xml"
         )
+    _check_ir_xml(path)
     try:
         model = core.read_model(str(path))
     except RuntimeError as error:
@@ -65,6 +67,22 @@ def read_model(config: ModelConfig, core: ov.Core) -> tuple[ov.Model, ModelInfo]
             f"model {path}: OpenVINO cannot read it ({_first_line(error)}): the files may be corrupt or truncated"
         ) from None
     return model, _inspect(model, path)
+
+
+def _check_ir_xml(path: Path) -> None:
+    """Refuse a broken .xml ourselves: handed one, OpenVINO tries every frontend, and TensorFlow's
+    prints C++ parse errors to stderr before OpenVINO's own long message."""
+    if path.suffix.lower() != ".xml":
+        return
+    try:
+        # lstrip: IR files written by some tools start with a newline before `<?xml`, which OpenVINO accepts.
+        root = ElementTree.fromstring(path.read_bytes().lstrip())
+    except ElementTree.ParseError as error:
+        raise ModelError(
+            f"model {path}: not a valid OpenVINO IR file (XML error: {error}): the file may be corrupt or truncated"
+        ) from None
+    if root.tag != "net":
+        raise ModelError(f"model {path}: not an OpenVINO IR file (root element <{root.tag}>): give an IR model's .xml")
 
 
 def _inspect(model: ov.Model, path: Path) -> ModelInfo:

@@ -1,0 +1,261 @@
+"""Bad input, as a table: each row is one mistake an operator can make, and the one line edged answers.
+
+Every row runs the real `edged run` (real model, real media, a real broker) and checks what the
+operator sees: a single line naming the file, key or camera and what to do, never a traceback.
+Mistakes in the configuration or the model stop edged before it starts (exit 2). Mistakes in one
+camera's input (or a broker refusing the login) are reported while the good camera beside it keeps
+publishing, and SIGTERM still ends the run with exit 0.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import openvino as ov
+import pytest
+
+from tests.edged_process import MODEL, EdgedProcess, base_config, write_config
+
+Config = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Ctx:
+    tmp: Path
+    shared: Path
+
+    def media(self, name: str) -> str:
+        return str(self.shared / "media" / name)
+
+    def bad_camera(self, config: Config, url: str, **options: Any) -> None:
+        config["cameras"]["bad"] = {"url": url, "backoff": {"min": 0.5, "max": 1.0}, **options}
+
+
+# An arrangement mutates the valid config (or returns raw text to write instead of it).
+Arrange = Callable[[Config, Ctx], str | None]
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    arrange: Arrange
+    line: str  # a fragment of the one line the operator must see
+    at_start: bool  # True: edged refuses to start (exit 2); False: reported at run time
+
+
+def _raw(text: str) -> Arrange:
+    return lambda config, ctx: text
+
+
+def _set(path: str, value: Any) -> Arrange:
+    def arrange(config: Config, ctx: Ctx) -> None:
+        *parents, last = path.split(".")
+        node = config
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+
+    return arrange
+
+
+def _model_files(config: Config, ctx: Ctx, xml: bytes | None = None, bin_bytes: bytes | None = None) -> None:
+    source = ctx.shared / MODEL
+    target = ctx.tmp / "model" / source.name
+    target.parent.mkdir(exist_ok=True)
+    target.write_bytes(source.read_bytes() if xml is None else xml)
+    if bin_bytes is not None:
+        target.with_suffix(".bin").write_bytes(bin_bytes)
+    config["model"]["path"] = str(target)
+
+
+def _missing_weights(config: Config, ctx: Ctx) -> None:
+    _model_files(config, ctx)
+
+
+def _corrupt_model(config: Config, ctx: Ctx) -> None:
+    _model_files(config, ctx, xml=b"<net><layers><this is not IR", bin_bytes=b"\0" * 64)
+
+
+def _truncated_weights(config: Config, ctx: Ctx) -> None:
+    _model_files(config, ctx, bin_bytes=(ctx.shared / MODEL).with_suffix(".bin").read_bytes()[:1000])
+
+
+def _model_of_no_family(config: Config, ctx: Ctx) -> None:
+    from openvino import opset13 as ops
+
+    data = ops.parameter([1, 3, 32, 32], ov.Type.f32, name="data")
+    path = ctx.tmp / "odd.xml"
+    ov.save_model(ov.Model([ops.relu(data)], [data], "odd"), str(path))
+    config["model"]["path"] = str(path)
+
+
+def _duplicate_camera(config: Config, ctx: Ctx) -> str:
+    url = ctx.media("classroom.mp4")
+    return f"model:\n  path: {config['model']['path']}\ncameras:\n  good: {{url: {url}}}\n  good: {{url: {url}}}\n"
+
+
+def _copy(ctx: Ctx, source: str, name: str, size: int | None = None) -> str:
+    target = ctx.tmp / name
+    data = Path(source).read_bytes()
+    target.write_bytes(data if size is None else data[:size])
+    return str(target)
+
+
+def _random_bytes_video(config: Config, ctx: Ctx) -> None:
+    path = ctx.tmp / "noise.mp4"
+    path.write_bytes(np.random.default_rng(1).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    ctx.bad_camera(config, str(path))
+
+
+def _truncated_video(config: Config, ctx: Ctx) -> None:
+    ctx.bad_camera(config, _copy(ctx, ctx.media("classroom.mp4"), "cut.mp4", 60_000))  # moov atom lost
+
+
+def _image_as_video(config: Config, ctx: Ctx) -> None:
+    ctx.bad_camera(config, _copy(ctx, ctx.media("images/astronaut.png"), "astronaut.mp4"))
+
+
+def _video_as_image(config: Config, ctx: Ctx) -> None:
+    ctx.bad_camera(config, _copy(ctx, ctx.media("classroom.mp4"), "classroom.png"))
+
+
+def _unreachable_rtsp(config: Config, ctx: Ctx) -> None:
+    ctx.bad_camera(config, "rtsp://127.0.0.1:1/stream", stall_timeout=2.0)  # nothing listens on loopback port 1
+
+
+def _cert_without_key(config: Config, ctx: Ctx) -> None:
+    (ctx.tmp / "client.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    config["mqtt"]["tls"] = {"cert": str(ctx.tmp / "client.crt")}
+
+
+def _changing_frame_size(config: Config, ctx: Ctx) -> None:
+    """An MJPEG stream whose frames switch from 320x240 to 640x360 halfway."""
+    path = ctx.tmp / "resizing.mjpeg"
+    with path.open("wb") as out:
+        for index in range(40):
+            width, height = (320, 240) if index < 20 else (640, 360)
+            out.write(cv2.imencode(".jpg", np.full((height, width, 3), index * 5, np.uint8))[1].tobytes())
+    ctx.bad_camera(config, str(path), fps=10.0)
+
+
+def _wrong_password(config: Config, ctx: Ctx) -> None:
+    (ctx.tmp / "pw").write_text("wrong-password")  # the broker knows user edged with another one
+    config["mqtt"] |= {"username": "edged", "password_file": str(ctx.tmp / "pw")}
+
+
+CASES = [
+    # -- the configuration file -------------------------------------------------------------------
+    Case("config-not-yaml", _raw("cameras: [unclosed\n"), "not valid YAML: line", True),
+    Case("config-empty", _raw(""), "the config file is empty", True),
+    Case("config-not-a-mapping", _raw("- just\n- a list\n"), "must be a mapping of keys", True),
+    Case("unknown-key", _set("camers", {}), "camers: unknown key: check its spelling", True),
+    Case("wrong-type", _set("cameras.good.fps", "fast"), "cameras.good.fps: Input should be a valid number", True),
+    Case("duplicate-camera-names", _duplicate_camera, "duplicate key 'good': each key may appear once", True),
+    Case("unsupported-url-scheme", _set("cameras.good.url", "ftp://cam/x"), "unsupported URL scheme 'ftp'", True),
+    Case("video-file-missing", _set("cameras.good.url", "/nonexistent/cam.mp4"), "file not found", True),
+    Case("bad-camera-name", _set("cameras.a/b", {"url": "0"}), "a camera name may only contain", True),
+    Case("stall-timeout-zero", _set("cameras.good.stall_timeout", 0), "cameras.good.stall_timeout", True),
+    Case("backoff-min-above-max", _set("mqtt.backoff", {"min": 60, "max": 5}), "must not exceed max", True),
+    Case("tls-cert-without-key", _cert_without_key, "cert and key go together", True),
+    Case("password-without-user", _set("mqtt.password_env", "PW"), "username is not", True),
+    Case(
+        "password-env-unset",
+        _set("mqtt", {"username": "u", "password_env": "EDGED_NO_SUCH_VAR"}),
+        "environment variable EDGED_NO_SUCH_VAR is not set",
+        True,
+    ),
+    Case(
+        "password-file-missing",
+        _set("mqtt", {"username": "u", "password_file": "/nonexistent/pw"}),
+        "mqtt.password_file: /nonexistent/pw not found",
+        True,
+    ),
+    # -- the model ----------------------------------------------------------------------------------
+    Case("model-missing", _set("model.path", "/nonexistent/model.xml"), "model file not found", True),
+    Case("model-weights-missing", _missing_weights, "weights file face-detection-retail-0004.bin is missing", True),
+    Case("model-corrupt", _corrupt_model, "not a valid OpenVINO IR file (XML error", True),
+    Case("model-weights-truncated", _truncated_weights, "the files may be corrupt or truncated", True),
+    Case("model-of-no-family", _model_of_no_family, "unrecognised model outputs: ", True),
+    # -- one camera's input, while another camera runs ---------------------------------------------
+    Case("rtsp-host-unreachable", _unreachable_rtsp, "camera bad: cannot open rtsp://127.0.0.1:1/stream", False),
+    Case("video-corrupt", _random_bytes_video, "camera bad: cannot open", False),
+    Case("video-truncated", _truncated_video, "the file is corrupt, truncated or not a video", False),
+    Case("image-where-video-expected", _image_as_video, "holds an image (PNG), not a video", False),
+    Case("video-where-image-expected", _video_as_image, "holds a video (MP4/MOV), not an image", False),
+    Case("frames-of-changing-size", _changing_frame_size, "", False),
+    Case("broker-refuses-credentials", _wrong_password, "refused the credentials of user 'edged'", False),
+]
+
+
+def _arrange(case: Case, tmp_path: Path, shared_dir: Path, broker: Any) -> Path:
+    cameras = {"good": {"url": str(shared_dir / "media" / "classroom.mp4"), "fps": 10.0}}
+    config = base_config(shared_dir, broker.port, cameras)
+    raw = case.arrange(config, Ctx(tmp_path, shared_dir))
+    path = tmp_path / "edged.yaml"
+    if raw is not None:
+        path.write_text(raw)
+        return path
+    return write_config(path, config)
+
+
+def _assert_one_clear_line(log: str, fragment: str) -> None:
+    assert "Traceback" not in log, log
+    lines = [line for line in log.splitlines() if fragment in line]
+    assert len(lines) == 1, f"expected exactly one line with {fragment!r}:\n{log}"
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.at_start], ids=lambda c: c.id)
+def test_a_bad_config_or_model_is_refused_with_one_clear_line(
+    case: Case, tmp_path: Path, shared_dir: Path, broker: Any
+) -> None:
+    config = _arrange(case, tmp_path, shared_dir, broker)
+    with EdgedProcess(config, tmp_path / "edged.log") as edged:
+        code = edged.wait(timeout=60)
+        log = edged.log()
+    assert code == 2, log
+    _assert_one_clear_line(log, case.line)
+    assert log.startswith("edged: "), "the refusal is the first thing said"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in CASES if not c.at_start], ids=lambda c: c.id)
+def test_bad_camera_input_is_reported_while_the_other_camera_keeps_running(
+    case: Case, tmp_path: Path, shared_dir: Path, broker_factory: Any, subscriber: Any
+) -> None:
+    broker_refuses = case.id == "broker-refuses-credentials"
+    if broker_refuses:
+        broker = broker_factory(users={"edged": "the-right-password", "watcher": "w"})
+        watcher = subscriber(broker, "edged/#", username="watcher", password="w")
+    else:
+        broker = broker_factory()
+        watcher = subscriber(broker, "edged/#")
+    config = _arrange(case, tmp_path, shared_dir, broker)
+    with EdgedProcess(config, tmp_path / "edged.log") as edged:
+        if case.line:
+            edged.wait_for_log(re.escape(case.line), timeout=30)
+        if not broker_refuses:
+            count = len(watcher.messages("edged/good/detections"))
+            watcher.wait_for_count("edged/good/detections", count + 10, timeout=30)
+        else:
+            edged.wait_for_log("camera good: online")
+        if case.id == "frames-of-changing-size":
+            watcher.wait_for_count("edged/bad/detections", 25, timeout=30)
+        code, seconds = edged.stop(signal.SIGTERM)
+        log = edged.log()
+    assert code == 0, log
+    assert seconds < 5
+    if case.line:
+        _assert_one_clear_line(log, case.line)
+    if case.id == "frames-of-changing-size":
+        sizes = {
+            (m.json()["frame"]["width"], m.json()["frame"]["height"]) for m in watcher.messages("edged/bad/detections")
+        }
+        assert sizes == {(320, 240)}  # OpenCV scales a stream's frames to its first size; boxes follow it
+        assert "Traceback" not in log

@@ -1,0 +1,339 @@
+"""The pure parts of reliability: new config keys, password sources, backoff, health, reload plans,
+the camera thread that can be abandoned, and a camera whose frames change size."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edged import camera as camera_module
+from edged.backoff import Retry
+from edged.camera import Camera
+from edged.config import Backoff, CameraConfig, Config, MqttConfig, load_config
+from edged.errors import ConfigError
+from edged.frame import FrameSlot, Image
+from edged.health import CameraState, Snapshot, assess
+from edged.reload import diff
+from edged.secrets import mqtt_password, tls_context
+from edged.worker import Worker
+
+MODEL = "models/face-detection-retail-0004/FP32/face-detection-retail-0004.xml"
+
+
+def _load(tmp_path: Path, shared_dir: Path, mqtt: str = "", camera: str = "") -> Config:
+    text = (
+        f"model:\n  path: {shared_dir / MODEL}\n"
+        f"cameras:\n  door:\n    url: {shared_dir / 'media/classroom.mp4'}\n{camera}"
+        f"mqtt:\n  host: 127.0.0.1\n{mqtt}"
+    )
+    (tmp_path / "edged.yaml").write_text(text)
+    return load_config(tmp_path / "edged.yaml", environ={})
+
+
+def _refusal(tmp_path: Path, shared_dir: Path, **parts: str) -> str:
+    with pytest.raises(ConfigError) as error:
+        _load(tmp_path, shared_dir, **parts)
+    return str(error.value)
+
+
+# -- config keys ------------------------------------------------------------------------------------
+
+
+def test_reliability_defaults(tmp_path: Path, shared_dir: Path) -> None:
+    config = _load(tmp_path, shared_dir)
+    door = config.cameras["door"]
+    assert (door.stall_timeout, door.backoff.min, door.backoff.max) == (10.0, 1.0, 30.0)
+    assert (config.mqtt.outbox_size, config.mqtt.inflight, config.mqtt.qos.detections, config.mqtt.qos.status) == (
+        10_000,
+        20,
+        0,
+        1,
+    )
+    assert config.mqtt.tls is None and config.mqtt.credential == "mqtt-password"
+
+
+def test_tls_moves_the_default_port_to_8883_but_an_explicit_port_wins(tmp_path: Path, shared_dir: Path) -> None:
+    assert _load(tmp_path, shared_dir, mqtt="  tls: {}\n").mqtt.port == 8883
+    assert _load(tmp_path, shared_dir, mqtt="  tls: {}\n  port: 9000\n").mqtt.port == 9000
+
+
+def test_tls_paths_are_relative_to_the_config_file(tmp_path: Path, shared_dir: Path) -> None:
+    (tmp_path / "ca.pem").write_text("x")
+    assert _load(tmp_path, shared_dir, mqtt="  tls: {ca: ca.pem}\n").mqtt.tls.ca == tmp_path / "ca.pem"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("mqtt", "camera", "expected"),
+    [
+        ("  backoff: {min: 10, max: 1}\n", "", "mqtt.backoff: min (10 s) must not exceed max (1 s)"),
+        ("", "    backoff: {min: 0}\n", "cameras.door.backoff.min"),
+        ("", "    stall_timeout: -1\n", "cameras.door.stall_timeout: Input should be greater than 0"),
+        ("  tls: {ca: /nonexistent/ca.pem}\n", "", "mqtt.tls.ca: file not found: /nonexistent/ca.pem"),
+        ("  password_env: PW\n", "", "mqtt: password_env is set but username is not"),
+        ("  username: u\n  password_env: A\n  password_file: /x\n", "", "give the password one way only"),
+        ("  credential: ../etc/passwd\n", "", "mqtt.credential: must be a plain credential name"),
+        ("  inflight: 0\n", "", "mqtt.inflight"),
+    ],
+)
+def test_new_keys_are_validated_with_the_key_named(
+    tmp_path: Path, shared_dir: Path, mqtt: str, camera: str, expected: str
+) -> None:
+    assert expected in _refusal(tmp_path, shared_dir, mqtt=mqtt, camera=camera)
+
+
+def test_a_plain_password_needs_an_explicit_opt_in_and_is_never_echoed(tmp_path: Path, shared_dir: Path) -> None:
+    refused = _refusal(tmp_path, shared_dir, mqtt="  username: u\n  password: hunter2\n")
+    assert "plain-text password in the config file is refused" in refused and "hunter2" not in refused
+    wrong_type = _refusal(tmp_path, shared_dir, mqtt="  username: u\n  password: [hunter2]\n")
+    assert "hunter2" not in wrong_type
+    allowed = _load(tmp_path, shared_dir, mqtt="  username: u\n  password: hunter2\n  allow_plain_password: true\n")
+    assert mqtt_password(allowed.mqtt, {}, "edged.yaml") == "hunter2"
+    assert "hunter2" not in repr(allowed)
+
+
+# -- password sources -------------------------------------------------------------------------------
+
+
+def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pw").write_text("from-file\n")
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "mqtt-password").write_text("from-credential\n")
+    assert mqtt_password(MqttConfig(username="u", password_env="PW"), {"PW": "from-env"}, "c") == "from-env"
+    assert mqtt_password(MqttConfig(username="u", password_file=tmp_path / "pw"), {}, "c") == "from-file"
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "creds"))
+    assert mqtt_password(MqttConfig(username="u"), {}, "c") == "from-credential"
+    assert mqtt_password(MqttConfig(), {}, "c") is None  # no user: no password is looked for
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ("env-unset", "c: mqtt.password_env: environment variable PW is not set or empty"),
+        ("file-missing", "mqtt.password_file:"),
+        ("file-empty", "is empty: write the broker password into it"),
+    ],
+)
+def test_password_source_errors_name_the_key(tmp_path: Path, setup: str, expected: str) -> None:
+    (tmp_path / "empty").write_text("\n")
+    config = {
+        "env-unset": MqttConfig(username="u", password_env="PW"),
+        "file-missing": MqttConfig.model_construct(
+            username="u",
+            password_file=tmp_path / "missing",
+            password=None,
+            password_env=None,
+            credential="mqtt-password",
+        ),
+        "file-empty": MqttConfig(username="u", password_file=tmp_path / "empty"),
+    }[setup]
+    with pytest.raises(ConfigError, match=expected):
+        mqtt_password(config, {}, "c")
+
+
+def test_a_tls_file_that_is_not_pem_is_named(tmp_path: Path) -> None:
+    from edged.config import TlsConfig
+
+    (tmp_path / "ca.pem").write_text("not a certificate")
+    with pytest.raises(ConfigError, match=r"mqtt.tls.ca: .*ca.pem is not a usable CA certificate"):
+        tls_context(TlsConfig(ca=tmp_path / "ca.pem"), "c")
+
+
+# -- backoff ----------------------------------------------------------------------------------------
+
+
+def test_backoff_doubles_to_its_cap_with_jitter_and_resets() -> None:
+    retry = Retry(Backoff(min=1.0, max=30.0))
+    waits = [retry.next_wait() for _ in range(8)]
+    for wait, nominal in zip(waits, [1, 2, 4, 8, 16, 30, 30, 30], strict=True):
+        assert 0.8 * nominal <= wait <= 1.2 * nominal
+    retry.reset()
+    assert retry.first and retry.next_wait() <= 1.2
+
+
+# -- health -----------------------------------------------------------------------------------------
+
+
+def _snapshot(**changes: Any) -> Snapshot:
+    base: dict[str, Any] = {
+        "cameras": (CameraState("door", True, False, 0.1, 10.0), CameraState("yard", False, False, None, 10.0)),
+        "in_flight": 1,
+        "since_result": 0.05,
+        "mqtt_connected": True,
+        "outbox": 0,
+        "dropped": 0,
+        "fps": 12.34,
+    }
+    return Snapshot(**(base | changes))
+
+
+def test_a_flowing_pipeline_is_healthy_and_summarised_on_one_line() -> None:
+    health = assess(_snapshot())
+    assert health.ok
+    assert health.summary == "1/2 cameras online (offline: yard), 12.3 detections/s, MQTT connected, outbox 0"
+
+
+def test_offline_and_finished_cameras_and_a_broker_outage_are_idle_by_design() -> None:
+    cameras = (CameraState("door", False, False, 300.0, 10.0), CameraState("file", False, True, 900.0, 10.0))
+    assert assess(_snapshot(cameras=cameras, in_flight=0, since_result=900.0, mqtt_connected=False)).ok
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"in_flight": 2, "since_result": 45.0}, "inference returned nothing for 45 s with 2 frames in flight"),
+        ({"cameras": (CameraState("door", True, False, 60.0, 10.0),)}, "camera door is online but sent no frame"),
+        ({"dead_tasks": ("mqtt",)}, "task mqtt ended"),
+    ],
+)
+def test_a_wedged_pipeline_is_unhealthy(changes: dict[str, Any], problem: str) -> None:
+    health = assess(_snapshot(**changes))
+    assert not health.ok and problem in health.problem
+
+
+# -- reload plans -----------------------------------------------------------------------------------
+
+
+def test_reload_diff_sorts_cameras_and_names_sections_needing_a_restart(tmp_path: Path, shared_dir: Path) -> None:
+    old = _load(tmp_path, shared_dir)
+    clip = str(shared_dir / "media/classroom.mp4")
+    new = old.model_copy(
+        update={
+            "cameras": {"door": CameraConfig(url=clip, fps=5.0), "yard": CameraConfig(url=clip)},
+            "mqtt": old.mqtt.model_copy(update={"host": "elsewhere"}),
+        }
+    )
+    changes = diff(old, new)
+    assert (changes.added, changes.removed, changes.changed, changes.unchanged) == (("yard",), (), ("door",), ())
+    assert changes.needs_restart == ("mqtt",)
+    assert changes.summary() == "added yard; restarted door"
+    assert diff(old, old).empty
+
+
+# -- the camera thread ------------------------------------------------------------------------------
+
+
+async def test_a_worker_runs_calls_in_order_and_a_stuck_one_blocks_neither_loop_nor_caller() -> None:
+    worker = Worker("test-worker")
+    assert await worker.call(lambda a, b: a + b, 2, 3) == 5
+    release = threading.Event()
+    stuck = asyncio.ensure_future(worker.call(release.wait))
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(stuck, 0.2)
+    assert time.monotonic() - started < 1.0
+    released: list[str] = []
+    worker.submit(released.append, "after the stuck call")
+    worker.close()
+    release.set()
+    worker.join(2.0)
+    assert released == ["after the stuck call"] and not worker.alive
+
+
+async def test_a_result_nobody_waits_for_is_discarded_on_the_thread() -> None:
+    worker = Worker("test-worker")
+    gate = threading.Event()
+    discarded: list[str] = []
+    call = asyncio.ensure_future(worker.call(lambda: gate.wait() and "capture", discard=discarded.append))
+    await asyncio.sleep(0.05)
+    call.cancel()
+    await asyncio.sleep(0.05)
+    gate.set()
+    worker.close()
+    worker.join(2.0)
+    assert discarded == ["capture"]
+
+
+class _ResizingSource:
+    """A live source whose frames switch from 320x240 to 640x360 after five frames."""
+
+    native_fps = None
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def grab(self) -> bool:
+        self.count += 1
+        time.sleep(0.01)
+        return True
+
+    def retrieve(self) -> Image:
+        width, height = (320, 240) if self.count <= 5 else (640, 360)
+        return np.zeros((height, width, 3), np.uint8)
+
+    def rewind(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+
+async def test_frames_of_changing_size_are_accepted_and_said_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(camera_module, "open_source", lambda name, config: _ResizingSource())
+    sizes: list[tuple[int, int]] = []
+    enough = asyncio.Event()
+
+    def taken() -> None:
+        if (frame := slot.take()) is not None:
+            sizes.append((frame.width, frame.height))
+        if len(sizes) >= 15:
+            enough.set()
+
+    slot = FrameSlot("door", taken)
+    camera = Camera("door", CameraConfig(url="rtsp://camera.invalid/x"), slot, lambda image: image, lambda *_: None)
+    with caplog.at_level(logging.WARNING, logger="edged.camera"):
+        task = asyncio.ensure_future(camera.run())
+        await asyncio.wait_for(enough.wait(), 10)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert (320, 240) in sizes and (640, 360) in sizes
+    changes = [r.getMessage() for r in caplog.records if "frame size changed" in r.getMessage()]
+    assert changes == [
+        "camera door: frame size changed from 320x240 to 640x360; accepted, boxes follow each "
+        "frame's size (logged once)"
+    ]
+
+
+class _HangingSource(_ResizingSource):
+    def __init__(self, hang: threading.Event) -> None:
+        super().__init__()
+        self._hang = hang
+
+    def grab(self) -> bool:
+        if self.count >= 3:
+            self._hang.wait()  # a read that never returns, like OpenCV on a hung server
+        return super().grab()
+
+
+async def test_a_read_that_hangs_is_abandoned_after_stall_timeout_and_the_camera_goes_offline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hang = threading.Event()
+    monkeypatch.setattr(camera_module, "open_source", lambda name, config: _HangingSource(hang))
+    statuses: list[bool] = []
+    offline = asyncio.Event()
+
+    def on_status(_name: str, online: bool) -> None:
+        statuses.append(online)
+        if not online:
+            offline.set()
+
+    slot = FrameSlot("door", lambda: None)
+    config = CameraConfig(url="rtsp://camera.invalid/x", stall_timeout=0.5, backoff=Backoff(min=5, max=5))
+    camera = Camera("door", config, slot, lambda image: image, on_status)
+    task = asyncio.ensure_future(camera.run())
+    started = time.monotonic()
+    await asyncio.wait_for(offline.wait(), 5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    hang.set()
+    assert statuses[:2] == [True, False]
+    assert time.monotonic() - started < 3.0

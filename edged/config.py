@@ -115,10 +115,58 @@ def _camera_name(name: str) -> str:
 CameraName = Annotated[str, AfterValidator(_camera_name)]
 
 
+def _plain_topic(value: str) -> str:
+    if not value or any(c in value for c in "#+\0") or value.startswith("/") or value.endswith("/"):
+        raise ValueError("must be a plain MQTT topic without wildcards or leading/trailing '/'")
+    return value
+
+
+class EventsConfig(_Strict):
+    """Debounced face presence per camera (see docs/mqtt.md, `{prefix}/events`)."""
+
+    enabled: bool = True
+    min_frames: int = Field(default=2, ge=1, le=1000)  # consecutive processed frames with a face to start
+    end_after: float = Field(default=2.0, gt=0.0, le=3600.0)  # seconds without a face to end
+    qos: Qos = 1
+
+
+class SnapshotsConfig(_Strict):
+    """A JPEG on `{prefix}/{camera}/snapshot` when an event starts or its best face improves."""
+
+    enabled: bool = True
+    crop: bool = False  # the best face with a margin instead of the whole frame
+    boxes: bool = True  # draw the faces' boxes
+    height: int = Field(default=270, ge=16, le=4320)
+    quality: int = Field(default=70, ge=1, le=100)
+    qos: Qos = 0
+
+
+class StatsConfig(_Strict):
+    enabled: bool = True
+    interval: float = Field(default=30.0, ge=1.0, le=86400.0)  # seconds between `{prefix}/stats` messages
+
+
+class MetricsConfig(_Strict):
+    """Prometheus `/metrics`; off unless a port is given."""
+
+    port: int | None = Field(default=None, ge=1, le=65535)
+    host: str = "127.0.0.1"  # loopback: exposing figures to the network is a deliberate choice
+
+
+class HomeAssistantConfig(_Strict):
+    enabled: bool = False
+    discovery_prefix: Annotated[str, AfterValidator(_plain_topic)] = "homeassistant"
+
+
 class Config(_Strict):
     mqtt: MqttConfig = MqttConfig()
     model: ModelConfig
     cameras: Annotated[dict[CameraName, CameraConfig], Field(min_length=1)]
+    events: EventsConfig = EventsConfig()
+    snapshots: SnapshotsConfig = SnapshotsConfig()
+    stats: StatsConfig = StatsConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
 
 
 def source_kind(url: str) -> SourceKind:

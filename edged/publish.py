@@ -13,6 +13,7 @@ import contextlib
 import logging
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiomqtt
@@ -23,6 +24,9 @@ log = logging.getLogger("edged.mqtt")
 
 RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0
 PUBLISH_TIMEOUT_S = 10.0
+INCOMING_QUEUE = 1000  # incoming messages waiting for their handler: a flood of commands cannot grow memory
+
+MessageHandler = Callable[[str, bytes, bool], None]  # (topic, payload, retained), called on the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,7 @@ class Publisher:
         self.connected = asyncio.Event()
         self.dropped = 0
         self.published = 0
+        self._handlers: dict[str, MessageHandler] = {}
 
     # -- producer side, on the event loop ---------------------------------------------------
 
@@ -88,7 +93,7 @@ class Publisher:
                     async with self._client() as client:
                         self._on_connected()
                         retry = RETRY_MIN_S
-                        await self._drain(client)
+                        await self._session(client)
                         return
                 except aiomqtt.MqttError as error:
                     self._on_connection_lost(error, retry)
@@ -125,6 +130,7 @@ class Publisher:
             keepalive=config.keepalive,
             will=aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True),
             timeout=PUBLISH_TIMEOUT_S,
+            max_queued_incoming_messages=INCOMING_QUEUE,
         )
 
     def _on_connected(self) -> None:
@@ -176,3 +182,42 @@ class Publisher:
             message.topic, message.payload, qos=message.qos, retain=message.retain, timeout=PUBLISH_TIMEOUT_S
         )
         self.published += 1
+
+    # -- incoming messages (commands, retained records read back) ---------------------------
+
+    def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
+        """Route messages matching `topic_filter` to `handler`; subscribed again on every (re)connect."""
+        self._handlers[topic_filter] = handler
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        """Subscribe, then drain the outbox while a second task hands incoming messages to their handlers."""
+        if not self._handlers:
+            await self._drain(client)
+            return
+        for topic_filter in self._handlers:
+            await client.subscribe(topic_filter, qos=1, timeout=PUBLISH_TIMEOUT_S)
+        try:
+            async with asyncio.TaskGroup() as session:
+                receiver = session.create_task(self._receive(client), name="mqtt-receive")
+                await self._drain(client)
+                receiver.cancel()  # drained and said offline: the session is over
+        except BaseExceptionGroup as group:
+            # Whichever side noticed the broker going first ended the session; run() reconnects on it.
+            raise group.exceptions[0] from None
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            topic = message.topic.value
+            handler = next((h for f, h in self._handlers.items() if message.topic.matches(f)), None)
+            if handler is None:
+                continue
+            payload = message.payload
+            if isinstance(payload, bytes | bytearray):
+                data = bytes(payload)
+            else:  # aiomqtt gives numbers for numeric payloads it could parse
+                data = b"" if payload is None else str(payload).encode()
+            try:
+                handler(topic, data, message.retain)
+            except Exception:
+                # A bad command must not take the connection down with it.
+                log.exception("MQTT: handling a message on %s failed", topic)

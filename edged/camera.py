@@ -170,7 +170,8 @@ class Camera:
         self, name: str, config: CameraConfig, slot: FrameSlot, prepare: Prepare, on_status: StatusCallback
     ) -> None:
         self.name, self.config = name, config
-        self._slot, self._prepare, self._on_status = slot, prepare, on_status
+        self.slot = slot
+        self._prepare, self._on_status = prepare, on_status
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"camera-{name}")
         self._index = 0  # frames read from the stream in this run, across reopenings and loops
         self.frames_read = 0
@@ -214,7 +215,7 @@ class Camera:
             ) is not None:
                 if decoded.due is not None and (delay := decoded.due - time.time()) > 0:
                     await asyncio.sleep(delay)
-                self._slot.put(Frame(self.name, decoded.index, decoded.captured, decoded.image, decoded.tensor))
+                self.slot.put(Frame(self.name, decoded.index, decoded.captured, decoded.image, decoded.tensor))
         finally:
             # Queued behind any read still running in the camera's thread; never blocks the loop.
             self._executor.submit(source.release)

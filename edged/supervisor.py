@@ -18,6 +18,7 @@ from edged.config import Config
 from edged.dispatch import Dispatcher
 from edged.inference import Engine, Result
 from edged.message import detection_payload
+from edged.nvr import Nvr
 from edged.publish import Publisher
 
 log = logging.getLogger("edged")
@@ -30,6 +31,7 @@ class Supervisor:
     def __init__(self, config: Config) -> None:
         self._config = config
         self._publisher = Publisher(config.mqtt)
+        self._nvr = Nvr(config, self._publisher)  # events, snapshots, stats, metrics, discovery, control
         self._stop = asyncio.Event()
         self._seq: dict[str, int] = {}
         self._camera_online: dict[str, bool] = {}
@@ -48,7 +50,12 @@ class Supervisor:
             Camera(name, camera, dispatcher.add_camera(name), engine.prepare, self._on_camera_status)
             for name, camera in self._config.cameras.items()
         ]
+        self._nvr.add_model(engine.name, dispatcher, engine.requests)
+        for camera in cameras:
+            self._nvr.add_camera(camera.name, camera, camera.slot, engine.name)
+        self._nvr.start()
         async with asyncio.TaskGroup() as tasks:
+            self._nvr.create_tasks(tasks)
             mqtt_task = tasks.create_task(self._publisher.run(), name="mqtt")
             dispatch_task = tasks.create_task(dispatcher.run(), name=f"dispatch-{engine.name}")
             camera_tasks = [
@@ -75,6 +82,7 @@ class Supervisor:
         except TimeoutError:
             log.warning("%d inferences still running at shutdown; their results are lost", dispatcher.in_flight)
         dispatch_task.cancel()
+        await self._nvr.shut_down()
         await self._publisher.close(FLUSH_TIMEOUT_S)
         mqtt_task.cancel()
         log.info("edged stopped")
@@ -100,6 +108,7 @@ class Supervisor:
             log.exception("%s crashed", what)
 
     def _on_camera_status(self, camera: str, online: bool) -> None:
+        self._nvr.on_camera_status(camera, online)
         if self._camera_online.get(camera) == online:
             return
         self._camera_online[camera] = online
@@ -113,9 +122,12 @@ class Supervisor:
                 self._errors_logged.add(camera)
                 log.error("camera %s: decoding failed: %s", camera, result.error)
             return
+        if self._nvr.paused(camera):
+            return  # detection switched off while this frame was in inference
         seq = self._seq.get(camera, 0)
         self._seq[camera] = seq + 1
         payload = detection_payload(result, seq, self._config.model.name, time.time())
         self._publisher.publish(
             f"{self._publisher.prefix}/{camera}/detections", payload, self._config.mqtt.qos.detections
         )
+        self._nvr.on_result(result)

@@ -2,12 +2,15 @@
 
 Back-pressure is explicit: a frame is taken from a slot only when a request is free, so while the
 model is busy each camera's slot keeps just its newest frame and stale ones are shed and counted.
+Two frames of one camera may be in flight at once and finish in either order; results are released
+per camera in capture order, so subscribers see frame indexes only ever increase.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 
 from edged.frame import Frame, FrameSlot
 from edged.inference import Engine, Result, ResultCallback
@@ -20,6 +23,8 @@ class Dispatcher:
         self._engine = engine
         self._on_result = on_result
         self._slots: dict[str, FrameSlot] = {}
+        self._in_order: dict[str, deque[Frame]] = {}  # per camera: frames in flight, oldest first
+        self._finished: dict[int, Result] = {}  # by id(frame): results waiting for an older frame
         self._cursor = 0
         self._wake = asyncio.Event()  # a fresh frame arrived or a request came back
         self._idle = asyncio.Event()
@@ -60,10 +65,13 @@ class Dispatcher:
     def _submit(self, frame: Frame) -> None:
         self.in_flight += 1
         self._idle.clear()
+        in_order = self._in_order.setdefault(frame.camera, deque())
+        in_order.append(frame)
         try:
             self._engine.submit(frame, self._completed)
         except Exception:
             self.in_flight -= 1
+            in_order.pop()
             log.exception(
                 "camera %s: frame %d could not be submitted to model %s", frame.camera, frame.index, self._engine.name
             )
@@ -75,4 +83,8 @@ class Dispatcher:
         if self.in_flight == 0:
             self._idle.set()
         self._wake.set()
-        self._on_result(result)
+        self._finished[id(result.frame)] = result
+        in_order = self._in_order[result.frame.camera]
+        while in_order and (ready := self._finished.pop(id(in_order[0]), None)) is not None:
+            in_order.popleft()
+            self._on_result(ready)

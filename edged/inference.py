@@ -22,7 +22,7 @@ import openvino as ov
 from openvino.preprocess import PrePostProcessor
 
 from edged.config import ModelConfig
-from edged.decode import Decoder, Faces, make_decoder, recognise_family
+from edged.decode import Decoder, DecoderSettings, Faces, make_decoder, recognise_family
 from edged.errors import ModelError
 from edged.frame import Frame, Image
 
@@ -100,7 +100,8 @@ class Engine:
         model, self.info = read_model(config, core)
         self.name = self.info.name
         self.input_size = self.info.input_size
-        self._decoder: Decoder = make_decoder(self.info.family, self.info.outputs, self.input_size, config.confidence)
+        settings = DecoderSettings(self.input_size, config.confidence, tuple(name for name, _ in self.info.outputs))
+        self._decoder: Decoder = make_decoder(self.info.family, settings)
         self._output_names = [name for name, _ in self.info.outputs]
         self._compiled = core.compile_model(
             _with_preprocessing(model), config.device, {"PERFORMANCE_HINT": "THROUGHPUT"}

@@ -17,12 +17,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from edged.frame import FrameSlot
-from edged.inference import Result
+
+if TYPE_CHECKING:  # only a type here; importing edged.inference would load OpenVINO
+    from edged.inference import Result
 
 log = logging.getLogger("edged.stats")
 

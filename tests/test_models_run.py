@@ -98,3 +98,38 @@ def test_run_with_two_models_at_once_each_message_names_its_model(
         assert len(with_faces) >= 0.8 * len(messages), camera
     lobby = subscriber.json_messages("edged/lobby-ssh/detections")
     assert sum(len(m["faces"]) == 2 for m in lobby) >= 0.5 * len(lobby)  # both faces of the clip
+
+
+def edged_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "edged.cli", *args]
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+
+
+def test_models_lists_every_descriptor_with_its_family() -> None:
+    result = edged_cli("models")
+
+    assert result.returncode == 0
+    assert f"{SSH}" in result.stdout and "ssh" in result.stdout
+    assert "face-detection-adas-binary-0001" in result.stdout
+
+
+def test_models_verify_accepts_the_real_files(shared_dir: Path) -> None:
+    result = edged_cli("models", "verify", str(shared_dir / "models"))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 problems" in result.stdout
+
+
+def test_models_verify_reports_a_damaged_copy(tmp_path: Path, shared_dir: Path) -> None:
+    source = shared_dir / "models/face-detection-retail-0004/FP32"
+    copy = tmp_path / "face-detection-retail-0004/FP32"
+    copy.mkdir(parents=True)
+    (copy / "face-detection-retail-0004.xml").write_bytes((source / "face-detection-retail-0004.xml").read_bytes())
+    damaged = bytearray((source / "face-detection-retail-0004.bin").read_bytes())
+    damaged[100] ^= 0xFF
+    (copy / "face-detection-retail-0004.bin").write_bytes(bytes(damaged))
+
+    result = edged_cli("models", "verify", str(tmp_path))
+
+    assert result.returncode == 1
+    assert "mismatch face-detection-retail-0004 FP32" in result.stdout

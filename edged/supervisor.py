@@ -44,44 +44,64 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._on_signal, signum)
-        engine = await asyncio.to_thread(Engine, self._config.model)  # compiling takes a while: off the loop
-        dispatcher = Dispatcher(engine, self._on_result)
+        engines = await self._compile_models()
+        dispatchers = {name: Dispatcher(engine, self._on_result) for name, engine in engines.items()}
         cameras = [
-            Camera(name, camera, dispatcher.add_camera(name), engine.prepare, self._on_camera_status)
+            Camera(
+                name,
+                camera,
+                dispatchers[self._config.model_of(name)].add_camera(name),
+                engines[self._config.model_of(name)].prepare,
+                self._on_camera_status,
+            )
             for name, camera in self._config.cameras.items()
         ]
-        self._nvr.add_model(engine.name, dispatcher, engine.requests)
+        for name, engine in engines.items():
+            self._nvr.add_model(name, dispatchers[name], engine.requests)
         for camera in cameras:
-            self._nvr.add_camera(camera.name, camera, camera.slot, engine.name)
+            self._nvr.add_camera(camera.name, camera, camera.slot, self._config.model_of(camera.name))
         self._nvr.start()
         async with asyncio.TaskGroup() as tasks:
             self._nvr.create_tasks(tasks)
             mqtt_task = tasks.create_task(self._publisher.run(), name="mqtt")
-            dispatch_task = tasks.create_task(dispatcher.run(), name=f"dispatch-{engine.name}")
+            dispatch_tasks = [
+                tasks.create_task(dispatcher.run(), name=f"dispatch-{name}") for name, dispatcher in dispatchers.items()
+            ]
             camera_tasks = [
                 tasks.create_task(self._guard(camera.run(), f"camera {camera.name}"), name=camera.name)
                 for camera in cameras
             ]
             tasks.create_task(self._stop_when_all_done(camera_tasks), name="cameras-done")
-            log.info("edged running: %d cameras on model %s", len(cameras), engine.name)
+            log.info("edged running: %d cameras on %d models (%s)", len(cameras), len(engines), ", ".join(engines))
             await self._stop.wait()
-            await self._shut_down(camera_tasks, dispatcher, dispatch_task, mqtt_task)
+            await self._shut_down(camera_tasks, list(dispatchers.values()), dispatch_tasks, mqtt_task)
+
+    async def _compile_models(self) -> dict[str, Engine]:
+        """Compile every model some camera uses, side by side and off the event loop."""
+        specs = self._config.model_specs()
+        used = list(dict.fromkeys(self._config.model_of(camera) for camera in self._config.cameras))
+        for unused in specs.keys() - set(used):
+            log.info("model %s is used by no camera: not compiled", unused)
+        engines = await asyncio.gather(*(asyncio.to_thread(Engine, specs[name]) for name in used))
+        return dict(zip(used, engines, strict=True))
 
     async def _shut_down(
         self,
         camera_tasks: list[asyncio.Task[None]],
-        dispatcher: Dispatcher,
-        dispatch_task: asyncio.Task[None],
+        dispatchers: list[Dispatcher],
+        dispatch_tasks: list[asyncio.Task[None]],
         mqtt_task: asyncio.Task[None],
     ) -> None:
         for task in camera_tasks:
             task.cancel()
         await asyncio.gather(*camera_tasks, return_exceptions=True)
         try:
-            await asyncio.wait_for(dispatcher.drain(), DRAIN_TIMEOUT_S)
+            await asyncio.wait_for(asyncio.gather(*(d.drain() for d in dispatchers)), DRAIN_TIMEOUT_S)
         except TimeoutError:
-            log.warning("%d inferences still running at shutdown; their results are lost", dispatcher.in_flight)
-        dispatch_task.cancel()
+            lost = sum(d.in_flight for d in dispatchers)
+            log.warning("%d inferences still running at shutdown; their results are lost", lost)
+        for task in dispatch_tasks:
+            task.cancel()
         await self._nvr.shut_down()
         await self._publisher.close(FLUSH_TIMEOUT_S)
         mqtt_task.cancel()
@@ -126,7 +146,7 @@ class Supervisor:
             return  # detection switched off while this frame was in inference
         seq = self._seq.get(camera, 0)
         self._seq[camera] = seq + 1
-        payload = detection_payload(result, seq, self._config.model.name, time.time())
+        payload = detection_payload(result, seq, time.time())
         self._publisher.publish(
             f"{self._publisher.prefix}/{camera}/detections", payload, self._config.mqtt.qos.detections
         )

@@ -41,7 +41,9 @@ def test_minimal_config_gets_the_documented_defaults(tmp_path: Path, seed_model:
 
     assert (config.mqtt.host, config.mqtt.port, config.mqtt.topic_prefix) == ("127.0.0.1", 1883, "edged")
     assert config.mqtt.client_id == f"edged-{socket.gethostname()}"
-    assert (config.model.device, config.model.confidence) == ("CPU", 0.5)
+    spec = config.model_specs()["face-detection-adas-binary-0001"]
+    assert (spec.device, spec.confidence, spec.preprocessing.resize) == ("CPU", 0.5, "stretch")
+    assert config.model_of("door") == "face-detection-adas-binary-0001"
     door = config.cameras["door"]
     assert (door.fps, door.realtime, door.loop) == (None, True, True)
     assert config.mqtt.qos.detections == 0
@@ -64,7 +66,7 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path, shared_d
 
     config = load_config(path)
 
-    assert config.model.path == (shared_dir / SEED).resolve()
+    assert config.models["face-detection-adas-binary-0001"].path == (shared_dir / SEED).resolve()
     assert Path(config.cameras["door"].url) == (shared_dir / "media/classroom.mp4").resolve()
 
 
@@ -78,70 +80,39 @@ def test_a_device_number_and_stream_urls_are_accepted(tmp_path: Path, seed_model
     assert [cameras[name].kind for name in ("usb", "v4l", "door", "mjpeg")] == ["device", "device", "rtsp", "http"]
 
 
+def yaml_with(*, top: str = "", model: str = "", camera: str = "", url: str = "{clip}", name: str = "d") -> str:
+    """A valid config with one mistake spliced in: the seed model is {model_path}, a clip is {clip}."""
+    return f"{top}model:\n  path: {{model_path}}\n{model}cameras:\n  {name}:\n    url: {url}\n{camera}"
+
+
 REJECTIONS = [
-    # (case, yaml given the seed model path as {model} and a clip as {clip}, expected fragment of the message)
-    (
-        "unknown top-level key",
-        "model:\n  path: {model}\ncameras:\n  d:\n    url: {clip}\nmqttt: {{}}\n",
-        "mqttt: unknown key",
-    ),
-    (
-        "unknown camera key",
-        "model:\n  path: {model}\ncameras:\n  d:\n    url: {clip}\n    fsp: 5\n",
-        "cameras.d.fsp: unknown key",
-    ),
-    ("wrong type", "model:\n  path: {model}\ncameras:\n  d:\n    url: {clip}\n    fps: fast\n", "cameras.d.fps"),
-    ("negative fps", "model:\n  path: {model}\ncameras:\n  d:\n    url: {clip}\n    fps: -3\n", "cameras.d.fps"),
-    (
-        "port out of range",
-        "mqtt:\n  port: 70000\nmodel:\n  path: {model}\ncameras:\n  d:\n    url: {clip}\n",
-        "mqtt.port",
-    ),
-    (
-        "confidence above 1",
-        "model:\n  path: {model}\n  confidence: 1.5\ncameras:\n  d:\n    url: {clip}\n",
-        "model.confidence",
-    ),
-    (
-        "bad camera name",
-        "model:\n  path: {model}\ncameras:\n  front door:\n    url: {clip}\n",
-        "cameras.front door: a camera name",
-    ),
+    # (case, config text, fragment the message must contain)
+    ("unknown top-level key", yaml_with(top="mqttt: {{}}\n"), "mqttt: unknown key"),
+    ("unknown camera key", yaml_with(camera="    fsp: 5\n"), "cameras.d.fsp: unknown key"),
+    ("wrong type", yaml_with(camera="    fps: fast\n"), "cameras.d.fps"),
+    ("negative fps", yaml_with(camera="    fps: -3\n"), "cameras.d.fps"),
+    ("port out of range", yaml_with(top="mqtt:\n  port: 70000\n"), "mqtt.port"),
+    ("confidence above 1", yaml_with(model="  confidence: 1.5\n"), "model.confidence"),
+    ("bad camera name", yaml_with(name="front door"), "cameras.front door: a camera name"),
     (
         "missing model file",
-        "model:\n  path: /nonexistent/m.xml\ncameras:\n  d:\n    url: {clip}\n",
+        yaml_with().replace("{model_path}", "/nonexistent/m.xml"),
         "model.path: model file not found",
     ),
-    (
-        "missing video file",
-        "model:\n  path: {model}\ncameras:\n  d:\n    url: /nonexistent/v.mp4\n",
-        "cameras.d.url: file not found",
-    ),
-    (
-        "unsupported scheme",
-        "model:\n  path: {model}\ncameras:\n  d:\n    url: ftp://cam/x\n",
-        "cameras.d.url: unsupported URL scheme 'ftp'",
-    ),
-    ("no cameras", "model:\n  path: {model}\ncameras: {{}}\n", "cameras"),
-    ("no model", "cameras:\n  d:\n    url: {clip}\n", "model: required key is missing"),
-    (
-        "duplicate camera",
-        "model:\n  path: {model}\ncameras:\n  d:\n    url: {clip}\n  d:\n    url: {clip}\n",
-        "duplicate key 'd'",
-    ),
+    ("missing video file", yaml_with(url="/nonexistent/v.mp4"), "cameras.d.url: file not found"),
+    ("unsupported scheme", yaml_with(url="ftp://cam/x"), "cameras.d.url: unsupported URL scheme 'ftp'"),
+    ("no cameras", "model:\n  path: {model_path}\ncameras: {{}}\n", "cameras"),
+    ("no model", "cameras:\n  d:\n    url: {clip}\n", "models: required key is missing"),
+    ("model and models", yaml_with(top="models:\n  x:\n    path: {model_path}\n"), "not both"),
+    ("neither path nor name", yaml_with().replace("path: {model_path}", "device: CPU"), "either as `path`"),
+    ("unknown descriptor", yaml_with().replace("path: {model_path}", "name: no-such-model"), "no descriptor named"),
+    ("unknown model of camera", yaml_with(camera="    model: other\n"), "cameras.d.model: no model named 'other'"),
+    ("duplicate camera", yaml_with(camera="  d:\n    url: {clip}\n"), "duplicate key 'd'"),
     ("not YAML", "model: [unclosed\n", "not valid YAML: line"),
     ("empty file", "", "the config file is empty"),
     ("not a mapping", "- a\n- b\n", "must be a mapping"),
-    (
-        "wildcard prefix",
-        "mqtt:\n  topic_prefix: a/#\nmodel:\n  path: {model}\ncameras:\n  d:\n    url: {clip}\n",
-        "mqtt.topic_prefix",
-    ),
-    (
-        "unset variable",
-        "mqtt:\n  host: ${{NOPE_UNSET}}\nmodel:\n  path: {model}\ncameras:\n  d:\n    url: {clip}\n",
-        "mqtt.host: environment variable NOPE_UNSET is not set",
-    ),
+    ("wildcard prefix", yaml_with(top="mqtt:\n  topic_prefix: a/#\n"), "mqtt.topic_prefix"),
+    ("unset variable", yaml_with(top="mqtt:\n  host: ${{NOPE_UNSET}}\n"), "mqtt.host: environment variable NOPE_UNSET"),
 ]
 
 
@@ -149,7 +120,7 @@ REJECTIONS = [
 def test_bad_configs_are_refused_naming_the_file_and_key(
     tmp_path: Path, seed_model: Path, clip: Path, case: str, text: str, expected: str
 ) -> None:
-    path = write(tmp_path, text.format(model=seed_model, clip=clip))
+    path = write(tmp_path, text.format(model_path=seed_model, clip=clip))
 
     with pytest.raises(ConfigError) as refused:
         load_config(path, environ={})
@@ -170,9 +141,8 @@ def test_credentials_in_urls_never_appear_in_errors(tmp_path: Path, seed_model: 
 
 
 def edged(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edged.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120
-    )
+    command = [sys.executable, "-m", "edged.cli", *args]
+    return subprocess.run(command, check=False, capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
 def test_check_accepts_a_good_config(tmp_path: Path, seed_model: Path, clip: Path) -> None:
@@ -214,3 +184,40 @@ def test_check_refuses_a_model_without_its_weights(tmp_path: Path, seed_model: P
 
     assert result.returncode == 2
     assert "lonely.bin is missing" in result.stderr
+
+
+def test_several_models_each_camera_picks_one(tmp_path: Path, shared_dir: Path, clip: Path) -> None:
+    text = (
+        f"models_dir: {shared_dir / 'models'}\n"
+        "models:\n"
+        f"  fast:\n    path: {shared_dir / SEED}\n"
+        "  ssh:\n    name: ssh-contract-retinaface-mnet025\n    confidence: 0.6\n"
+        f"cameras:\n  door:\n    url: {clip}\n  hall:\n    url: {clip}\n    model: ssh\n"
+    )
+    config = load_config(write(tmp_path, text))
+    specs = config.model_specs()
+
+    assert (config.model_of("door"), config.model_of("hall")) == ("fast", "ssh")
+    assert specs["ssh"].xml == shared_dir / "models/ssh-contract-retinaface-mnet025/retinaface-mnet025-ssh-640.xml"
+    assert specs["ssh"].confidence == 0.6
+    assert specs["ssh"].preprocessing.resize == "letterbox"  # from its descriptor
+
+
+def test_a_descriptor_name_finds_its_files_through_edged_models_dir(
+    tmp_path: Path, shared_dir: Path, clip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGED_MODELS_DIR", str(shared_dir / "models"))
+    text = f"model:\n  name: face-detection-adas-0001\n  precision: FP16-INT8\ncameras:\n  door:\n    url: {clip}\n"
+
+    spec = load_config(write(tmp_path, text)).model_specs()["face-detection-adas-0001"]
+
+    assert spec.xml == shared_dir / "models/face-detection-adas-0001/FP16-INT8/face-detection-adas-0001.xml"
+
+
+def test_a_descriptor_without_its_files_says_where_they_were_looked_for(tmp_path: Path, clip: Path) -> None:
+    text = f"models_dir: {tmp_path}\nmodel:\n  name: face-detection-retail-0004\ncameras:\n  door:\n    url: {clip}\n"
+
+    with pytest.raises(ConfigError) as refused:
+        load_config(write(tmp_path, text))
+
+    assert "model.name: model files of face-detection-retail-0004 not found at" in str(refused.value)

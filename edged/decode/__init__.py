@@ -5,18 +5,22 @@ from __future__ import annotations
 from edged.decode.base import Decoder, Faces, FrameSize
 from edged.decode.family import (
     DecoderSettings,
+    ModelOutput,
     UnknownModelFamily,
     describe_outputs,
     family_named,
     family_names,
     recognise_family,
 )
+from edged.decode.ssh import AnchorConfig
 
 __all__ = [
+    "AnchorConfig",
     "Decoder",
     "DecoderSettings",
     "Faces",
     "FrameSize",
+    "ModelOutput",
     "UnknownModelFamily",
     "describe_outputs",
     "family_names",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -256,6 +257,30 @@ def test_stats_and_metrics_carry_figures_consistent_with_the_messages_received(
         detections = subscriber.messages(f"edged/{camera}/detections")
         assert final["cameras"][camera]["frames_processed"] == len(detections)
     assert final["mqtt"]["dropped"] == 0
+
+
+@pytest.mark.slow
+def test_a_metrics_port_in_use_stops_edged_at_start_with_one_line(
+    tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cameras = {"front": {"url": str(media_dir / "images" / "astronaut.png")}}
+        config = write_config(tmp_path, shared_dir, broker, cameras, metrics={"port": port})
+        result = subprocess.run(
+            [sys.executable, "-m", "edged.cli", "run", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"edged: metrics.port: cannot serve /metrics on 127.0.0.1:{port} (Address already in use): "
+        "choose a free port or stop what listens there"
+    )
 
 
 # --- control -----------------------------------------------------------------------------------------

@@ -129,10 +129,8 @@ class Nvr:
         return f"{self._prefix}/{camera}/faces"
 
     def _publish_event(self, event: Event) -> None:
-        if event.type != "update":
-            log.info(
-                "camera %s: face event %s %s (top score %.2f)", event.camera, event.id, event.type, event.top_score
-            )
+        # Face events are data for subscribers, not edged's own state: the log keeps them at debug.
+        log.debug("camera %s: face event %s %s, %d faces", event.camera, event.id, event.type, event.faces)
         self._publisher.publish(f"{self._prefix}/events", event.payload(), self._config.events.qos)
         self._publisher.set_retained(self._faces_topic(event.camera), str(event.faces).encode(), self._state_qos)
 

@@ -186,7 +186,10 @@ class Publisher:
     # -- incoming messages (commands, retained records read back) ---------------------------
 
     def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
-        """Route messages matching `topic_filter` to `handler`; subscribed again on every (re)connect."""
+        """Route messages matching `topic_filter` to `handler`; subscribed on every (re)connect.
+
+        Register before `run()`: a filter added later is subscribed from the next reconnect on.
+        """
         self._handlers[topic_filter] = handler
 
     async def _session(self, client: aiomqtt.Client) -> None:
@@ -214,7 +217,7 @@ class Publisher:
             payload = message.payload
             if isinstance(payload, bytes | bytearray):
                 data = bytes(payload)
-            else:  # aiomqtt gives numbers for numeric payloads it could parse
+            else:  # aiomqtt types payloads more widely than the bytes paho hands it
                 data = b"" if payload is None else str(payload).encode()
             try:
                 handler(topic, data, message.retain)

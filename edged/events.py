@@ -145,10 +145,6 @@ class EventTracker:
         """End every open event, at shutdown: subscribers must not be left with events that never end."""
         return [self._end(camera, state) for camera, state in self._cameras.items() if state.event is not None]
 
-    def face_count(self, camera: str) -> int:
-        state = self._cameras.get(camera)
-        return 0 if state is None or state.event is None else state.event.faces
-
     def _snap(self, box: Box) -> Box | None:
         return box if self.snapshots else None
 

@@ -82,7 +82,6 @@ class Snapshotter:
         self.published = 0
         self.superseded = 0  # requests replaced by a newer one before they were rendered
         self.encode_ms_total = 0.0
-        self.encode_ms_last = 0.0
         self._failed_logged = False
 
     def request(self, request: SnapshotRequest) -> None:
@@ -107,8 +106,7 @@ class Snapshotter:
                     except Exception as error:
                         self._log_failure(camera, error)
                         continue
-                    self.encode_ms_last = (time.perf_counter() - started) * 1000.0
-                    self.encode_ms_total += self.encode_ms_last
+                    self.encode_ms_total += (time.perf_counter() - started) * 1000.0
                     self.published += 1
                     self._sink(camera, jpeg)
         finally:

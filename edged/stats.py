@@ -106,7 +106,6 @@ class Telemetry:
     def __init__(self, version: str, publisher: OutboxCounters) -> None:
         self.version = version
         self.publisher = publisher
-        self.started = time.time()
         self._started_monotonic = time.monotonic()
         self.cameras: dict[str, CameraFigures] = {}
         self.models: dict[str, ModelFigures] = {}

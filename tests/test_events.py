@@ -117,10 +117,8 @@ def test_cameras_have_independent_events() -> None:
     [door] = feed(tracker, "door", [(0.0, faces(0.9))])
     [yard] = feed(tracker, "yard", [(0.5, faces(0.7))])
     assert door.id != yard.id
-    assert tracker.face_count("door") == 1
-    assert [e.camera for e in feed(tracker, "door", [(1.2, NONE)])] == ["door"]
-    assert tracker.face_count("door") == 0
-    assert tracker.face_count("yard") == 1
+    assert [(e.type, e.camera) for e in feed(tracker, "door", [(1.2, NONE)])] == [("end", "door")]
+    assert [(e.type, e.camera) for e in tracker.expire(1.6)] == [("end", "yard")]
 
 
 def test_end_all_closes_every_open_event_at_shutdown() -> None:

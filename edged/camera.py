@@ -206,7 +206,8 @@ class Camera:
         self, name: str, config: CameraConfig, slot: FrameSlot, prepare: Prepare, on_status: StatusCallback
     ) -> None:
         self.name, self.config = name, config
-        self._slot, self._prepare, self._on_status = slot, prepare, on_status
+        self.slot = slot
+        self._prepare, self._on_status = prepare, on_status
         self._worker = Worker(f"camera-{name}")
         self._index = 0  # frames read from the stream in this run, across reopenings and loops
         self._progress = time.monotonic()  # last sign of life from the capture thread
@@ -278,7 +279,7 @@ class Camera:
                     retry.reset()
                     self._set_online(True)
                 self.last_frame = time.monotonic()
-                self._slot.put(Frame(self.name, decoded.index, decoded.captured, decoded.image, decoded.tensor))
+                self.slot.put(Frame(self.name, decoded.index, decoded.captured, decoded.image, decoded.tensor))
         finally:
             # Queued behind any read still running in that thread: never blocks the loop, and a
             # capture is only ever touched by the thread that opened it.
@@ -291,7 +292,11 @@ class Camera:
         task = asyncio.ensure_future(call)
         check = min(1.0, limit / 4)
         while True:
-            done, _ = await asyncio.wait({task}, timeout=check)
+            try:
+                done, _ = await asyncio.wait({task}, timeout=check)
+            except asyncio.CancelledError:
+                task.cancel()  # asyncio.wait leaves it running: nobody would own it
+                raise
             if done:
                 return task.result()
             if time.monotonic() - self._progress > limit:

@@ -15,9 +15,11 @@ from typing import cast
 import cv2
 
 from edged import __version__
-from edged.config import Config, ModelConfig, load_config
+from edged.config import Config, load_config
+from edged.descriptors import MODELS_DIR_ENV, FileStatus, load_descriptors, verify
 from edged.errors import EdgedError
 from edged.frame import Image
+from edged.models import BUILTIN_DESCRIPTORS, ModelSpec, models_dir, resolve
 from edged.redact import REDACTOR
 from edged.secrets import MqttSecurity, mqtt_security
 
@@ -67,15 +69,26 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_check)
 
     detect = commands.add_parser("detect", help="detect faces in image files and print JSON (no broker needed)")
-    detect.add_argument("-m", "--model", required=True, type=Path, help="model .xml file")
-    detect.add_argument("--confidence", type=float, default=0.5)
+    detect.add_argument(
+        "-m", "--model", required=True, help="model .xml file, or a descriptor name (see `edged models`)"
+    )
+    detect.add_argument("--models-dir", type=Path, help="folder of descriptor-named models (default $EDGED_MODELS_DIR)")
+    detect.add_argument("--confidence", type=float, help="default: the model descriptor's, else 0.5")
     detect.add_argument("--device", default="CPU")
     detect.add_argument("images", nargs="+", type=Path)
     detect.set_defaults(handler=_detect)
+
+    models = commands.add_parser("models", help="list the known model descriptors; `models verify DIR` checks files")
+    models.set_defaults(handler=_models_list)
+    models_commands = models.add_subparsers(dest="models_command")
+    verify = models_commands.add_parser("verify", help="check the model files in DIR against the descriptors' sha256")
+    verify.add_argument("folder", type=Path, help="folder laid out as <name>/<precision>/<name>.xml (Open Model Zoo)")
+    verify.set_defaults(handler=_models_verify)
     return parser
 
 
 def _validated(path: Path) -> tuple[Config, MqttSecurity]:
+    """The config, with every model read and recognised: nothing starts unless all of it is usable."""
     import openvino as ov
 
     from edged.inference import read_model
@@ -83,13 +96,15 @@ def _validated(path: Path) -> tuple[Config, MqttSecurity]:
     config = load_config(path)
     security = mqtt_security(config.mqtt, os.environ, path)
     REDACTOR.add_secret(security.password)  # from here on no log line can show it
-    read_model(config.model, ov.Core())
+    core = ov.Core()
+    for spec in config.model_specs().values():
+        read_model(spec, core)
     return config, security
 
 
 def _check(args: argparse.Namespace) -> int:
     config, _ = _validated(args.config)
-    print(f"{args.config}: OK ({len(config.cameras)} cameras, model {config.model.name})")
+    print(f"{args.config}: OK ({len(config.cameras)} cameras, models: {', '.join(config.models)})")
     return EXIT_OK
 
 
@@ -112,8 +127,7 @@ def _detect(args: argparse.Namespace) -> int:
     from edged.inference import Engine
     from edged.message import faces_json
 
-    model = ModelConfig.model_validate({"path": args.model, "device": args.device, "confidence": args.confidence})
-    engine = Engine(model)
+    engine = Engine(_model_spec(args))
     results = []
     for path in args.images:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -121,18 +135,63 @@ def _detect(args: argparse.Namespace) -> int:
             raise EdgedError(f"{path}: not a readable image file")
         faces = engine.detect(cast(Image, image))
         height, width = image.shape[:2]
+        faces_found = faces_json(faces, width, height)
         results.append(
-            {
-                "image": str(path),
-                "width": width,
-                "height": height,
-                "model": engine.name,
-                "faces": faces_json(faces, width, height),
-            }
+            {"image": str(path), "width": width, "height": height, "model": engine.name, "faces": faces_found}
         )
     json.dump(results, sys.stdout, indent=1)
     print()
     return EXIT_OK
+
+
+def _model_spec(args: argparse.Namespace) -> ModelSpec:
+    """`-m` is a path when it names a file, else a descriptor name."""
+    given = Path(args.model)
+    by_path = given.suffix == ".xml" or given.exists()
+    if by_path and not given.is_file():
+        raise EdgedError(f"{given}: model file not found: give the model's .xml file or a descriptor name")
+    try:
+        return resolve(
+            given.stem if by_path else args.model,
+            path=given if by_path else None,
+            name=None if by_path else args.model,
+            precision=None,
+            device=args.device,
+            confidence=args.confidence,
+            nms_iou=None,
+            resize=None,
+            folder=models_dir(args.models_dir),
+        )
+    except ValueError as error:
+        raise EdgedError(str(error).replace(f"models.{args.model}.name", "-m")) from None
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    print(f"{'name':34} {'family':6} {'input':9} {'resize':9} {'conf':5} precisions")
+    for d in load_descriptors(BUILTIN_DESCRIPTORS).values():
+        size = f"{d.input.width}x{d.input.height}"
+        print(f"{d.name:34} {d.family:6} {size:9} {d.input.resize:9} {d.confidence:<5} {', '.join(d.precisions)}")
+    print(f"\ndescriptors in {BUILTIN_DESCRIPTORS}; model files are looked up in models_dir or ${MODELS_DIR_ENV}")
+    return EXIT_OK
+
+
+def _models_verify(args: argparse.Namespace) -> int:
+    if not args.folder.is_dir():
+        raise EdgedError(f"{args.folder}: not a folder: give the folder that holds the model files")
+    problems = present = 0
+    for descriptor in load_descriptors(BUILTIN_DESCRIPTORS).values():
+        for precision in descriptor.precisions:
+            checks = verify(descriptor, args.folder, precision)
+            if all(check.status is FileStatus.MISSING for check in checks):
+                continue  # this model is simply not in the folder
+            present += 1
+            for check in checks:
+                print(f"{check.status.value:8} {descriptor.name} {precision} {check.file}")
+                problems += check.status is not FileStatus.OK
+    if present == 0:
+        raise EdgedError(f"{args.folder}: no known model files found (see `edged models` for the layout)")
+    print(f"{present} models checked, {problems} problems")
+    return EXIT_FAILURE if problems else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edged.errors import ConfigError
+from edged.models import ModelSpec, models_dir, resolve
 from edged.redact import redact_url
 
 CAMERA_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -135,20 +136,28 @@ class MqttConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    path: Path
+    """A model by `path` (its .xml) or by descriptor `name` (files found in the models folder)."""
+
+    path: Path | None = None
+    name: str | None = None
+    precision: str | None = None  # with `name`: which of the descriptor's precisions (default: its first)
     device: str = "CPU"
-    confidence: float = Field(default=0.5, gt=0.0, le=1.0)
+    confidence: float | None = Field(default=None, gt=0.0, le=1.0)  # default: the descriptor's, else 0.5
+    nms_iou: float | None = Field(default=None, gt=0.0, le=1.0)  # ssh family; default 0.3
+    resize: Literal["stretch", "letterbox"] | None = None  # default: the descriptor's, else stretch
 
     @field_validator("path")
     @classmethod
-    def _model_file_exists(cls, path: Path) -> Path:
-        if not path.is_file():
+    def _model_file_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
             raise ValueError(f"model file not found: {path}: give the path of the model's .xml file")
         return path
 
-    @property
-    def name(self) -> str:
-        return self.path.stem
+    @model_validator(mode="after")
+    def _path_or_name(self) -> ModelConfig:
+        if (self.path is None) == (self.name is None):
+            raise ValueError("give the model either as `path` (its .xml file) or as a descriptor `name`")
+        return self
 
 
 SourceKind = Literal["rtsp", "http", "device", "video", "image"]
@@ -156,6 +165,7 @@ SourceKind = Literal["rtsp", "http", "device", "video", "image"]
 
 class CameraConfig(_Strict):
     url: str
+    model: str | None = None  # a key of `models`; default: the first model
     fps: float | None = Field(default=None, gt=0.0, le=240.0)
     realtime: bool = True
     loop: bool = True
@@ -194,10 +204,108 @@ def _camera_name(name: str) -> str:
 CameraName = Annotated[str, AfterValidator(_camera_name)]
 
 
+def single_model_key(model: object) -> str:
+    """The name a model gets under the single `model:` form: its descriptor name or its file's stem."""
+    if isinstance(model, dict):
+        if isinstance(model.get("name"), str):
+            return str(model["name"])
+        if isinstance(model.get("path"), str):
+            return Path(model["path"]).stem
+    return "model"
+
+
+def _model_name(name: str) -> str:
+    if not CAMERA_NAME.match(name):
+        raise ValueError("a model name may only contain letters, digits, '_' and '-'")
+    return name
+
+
+ModelName = Annotated[str, AfterValidator(_model_name)]
+
+
+def _plain_topic(value: str) -> str:
+    if not value or any(c in value for c in "#+\0") or value.startswith("/") or value.endswith("/"):
+        raise ValueError("must be a plain MQTT topic without wildcards or leading/trailing '/'")
+    return value
+
+
+class EventsConfig(_Strict):
+    """Debounced face presence per camera (see docs/mqtt.md, `{prefix}/events`)."""
+
+    enabled: bool = True
+    min_frames: int = Field(default=2, ge=1, le=1000)  # consecutive processed frames with a face to start
+    end_after: float = Field(default=2.0, gt=0.0, le=3600.0)  # seconds without a face to end
+    qos: Qos = 1
+
+
+class SnapshotsConfig(_Strict):
+    """A JPEG on `{prefix}/{camera}/snapshot` when an event starts or its best face improves."""
+
+    enabled: bool = True
+    crop: bool = False  # the best face with a margin instead of the whole frame
+    boxes: bool = True  # draw the faces' boxes
+    height: int = Field(default=270, ge=16, le=4320)
+    quality: int = Field(default=70, ge=1, le=100)
+    qos: Qos = 0
+
+
+class StatsConfig(_Strict):
+    enabled: bool = True
+    interval: float = Field(default=30.0, ge=1.0, le=86400.0)  # seconds between `{prefix}/stats` messages
+
+
+class MetricsConfig(_Strict):
+    """Prometheus `/metrics`; off unless a port is given."""
+
+    port: int | None = Field(default=None, ge=1, le=65535)
+    host: str = "127.0.0.1"  # loopback: exposing figures to the network is a deliberate choice
+
+
+class HomeAssistantConfig(_Strict):
+    enabled: bool = False
+    discovery_prefix: Annotated[str, AfterValidator(_plain_topic)] = "homeassistant"
+
+
 class Config(_Strict):
     mqtt: MqttConfig = MqttConfig()
-    model: ModelConfig
+    models_dir: Path | None = None  # where descriptor-named models' files are; default $EDGED_MODELS_DIR
+    models: Annotated[dict[ModelName, ModelConfig], Field(min_length=1)]
     cameras: Annotated[dict[CameraName, CameraConfig], Field(min_length=1)]
+    events: EventsConfig = EventsConfig()
+    snapshots: SnapshotsConfig = SnapshotsConfig()
+    stats: StatsConfig = StatsConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_model_form(cls, raw: Any) -> Any:
+        """`model:` (one model, the v0 form) is `models:` with a single entry named after the model."""
+        if not isinstance(raw, dict) or "model" not in raw:
+            return raw
+        if "models" in raw:
+            raise ValueError("models: give either `model` (one model) or `models` (several), not both")
+        raw = dict(raw)
+        single = raw.pop("model")
+        raw["models"] = {single_model_key(single): single}
+        return raw
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Config:
+        self.model_specs()  # every model's files and descriptor can be found
+        for name, camera in self.cameras.items():
+            if camera.model is not None and camera.model not in self.models:
+                raise ValueError(
+                    f"cameras.{name}.model: no model named {camera.model!r}; configured: {', '.join(self.models)}"
+                )
+        return self
+
+    def model_specs(self) -> dict[str, ModelSpec]:
+        folder = models_dir(self.models_dir)
+        return {key: resolve(key, folder=folder, **model.model_dump()) for key, model in self.models.items()}
+
+    def model_of(self, camera: str) -> str:
+        return self.cameras[camera].model or next(iter(self.models))
 
 
 def source_kind(url: str) -> SourceKind:
@@ -248,7 +356,10 @@ def load_config(path: Path | str, environ: dict[str, str] | None = None) -> Conf
     try:
         return Config.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(_describe(path, error)) from None
+        message = _describe(path, error)
+        if "model" in raw:  # speak of the keys as the user wrote them
+            message = message.replace(f": models.{single_model_key(raw['model'])}", ": model")
+        raise ConfigError(message) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -300,9 +411,12 @@ def _substitute_env(value: Any, environ: Any, path: Path, where: tuple[str, ...]
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     """Relative file paths are relative to the config file, wherever edged is started from."""
-    model = raw.get("model")
-    if isinstance(model, dict) and isinstance(model.get("path"), str):
-        model["path"] = str(_relative_to(base, model["path"]))
+    models = [raw.get("model"), *(raw["models"].values() if isinstance(raw.get("models"), dict) else [])]
+    for model in models:
+        if isinstance(model, dict) and isinstance(model.get("path"), str):
+            model["path"] = str(_relative_to(base, model["path"]))
+    if isinstance(raw.get("models_dir"), str):
+        raw["models_dir"] = str(_relative_to(base, raw["models_dir"]))
     mqtt = raw.get("mqtt")
     if isinstance(mqtt, dict):
         if isinstance(mqtt.get("password_file"), str):
@@ -332,6 +446,8 @@ def _describe(path: Path, error: ValidationError) -> str:
     for item in error.errors(include_url=False):
         loc = ".".join(str(part) for part in item["loc"] if part != "[key]")
         message = item["msg"].removeprefix("Value error, ")
+        if not loc:  # whole-config checks name their own key: "models.x.name: ..."
+            loc, _, message = message.partition(": ")
         if item["type"] == "extra_forbidden":
             message = "unknown key: check its spelling and indentation (see README for the keys)"
         elif item["type"] == "missing":

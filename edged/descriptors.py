@@ -67,6 +67,10 @@ class InputSpec(_Strict):
     mean: Triple
     scale: Triple
     layout: Literal["NCHW", "NHWC"]
+    # stretch: the whole frame resized to the input, as the reference pipelines do; letterbox:
+    # aspect kept, padded at the bottom/right (measured: the SSH-contract model misses half the
+    # faces of 16:9 frames when they are stretched onto its square input).
+    resize: Literal["stretch", "letterbox"] = "stretch"
 
 
 class AnchorSpec(_Strict):

@@ -37,10 +37,13 @@ class FrameSlot:
     def __init__(self, camera: str, on_fresh: Callable[[], None]) -> None:
         self.camera = camera
         self.skipped = 0  # frames replaced before inference could take them
+        self.paused = False  # detection switched off: frames are dropped here, the camera keeps its stream
         self._frame: Frame | None = None
         self._on_fresh = on_fresh
 
     def put(self, frame: Frame) -> None:
+        if self.paused:
+            return
         if self._frame is not None:
             self.skipped += 1
         self._frame = frame

@@ -19,13 +19,14 @@ from typing import Any, cast
 from xml.etree import ElementTree
 
 import cv2
+import numpy as np
 import openvino as ov
-from openvino.preprocess import PrePostProcessor
+from openvino.preprocess import ColorFormat, PrePostProcessor
 
-from edged.config import ModelConfig
-from edged.decode import Decoder, DecoderSettings, Faces, make_decoder, recognise_family
+from edged.decode import Decoder, DecoderSettings, Faces, FrameSize, make_decoder, recognise_family
 from edged.errors import ModelError
 from edged.frame import Frame, Image
+from edged.models import ModelSpec, Preprocessing
 
 log = logging.getLogger("edged.inference")
 
@@ -44,6 +45,7 @@ class ModelInfo:
 @dataclass(frozen=True, slots=True)
 class Result:
     frame: Frame
+    model: str
     faces: Faces
     inference_ms: float  # from submission to completion, queueing in OpenVINO included
     error: BaseException | None = None
@@ -52,9 +54,9 @@ class Result:
 ResultCallback = Callable[[Result], None]
 
 
-def read_model(config: ModelConfig, core: ov.Core) -> tuple[ov.Model, ModelInfo]:
+def read_model(spec: ModelSpec, core: ov.Core) -> tuple[ov.Model, ModelInfo]:
     """Read and recognise a model; every way a model file can be unusable raises ModelError."""
-    path = config.path
+    path = spec.xml
     if not path.with_suffix(".bin").is_file():
         raise ModelError(
             f"model {path}: its weights file {path.with_suffix('.bin').name} is missing: put it beside the .xml"
@@ -113,26 +115,29 @@ def _first_line(error: BaseException) -> str:
 class Engine:
     """A compiled model with its request pool; frames go in, decoded faces come back on the loop."""
 
-    def __init__(self, config: ModelConfig, core: ov.Core | None = None) -> None:
+    def __init__(self, spec: ModelSpec, core: ov.Core | None = None) -> None:
         core = core or ov.Core()
-        model, self.info = read_model(config, core)
-        self.name = self.info.name
+        model, self.info = read_model(spec, core)
+        self.name = spec.name
         self.input_size = self.info.input_size
-        settings = DecoderSettings(self.input_size, config.confidence, tuple(name for name, _ in self.info.outputs))
-        self._decoder: Decoder = make_decoder(self.info.family, settings)
+        self._letterbox = spec.preprocessing.resize == "letterbox"
         self._output_names = [name for name, _ in self.info.outputs]
-        self._compiled = core.compile_model(
-            _with_preprocessing(model), config.device, {"PERFORMANCE_HINT": "THROUGHPUT"}
+        settings = DecoderSettings(
+            self.input_size, spec.confidence, tuple(self._output_names), nms_iou=spec.nms_iou, anchors=spec.anchors
         )
+        self._decoder: Decoder = make_decoder(self.info.family, settings)
+        graph = _with_preprocessing(model, spec.preprocessing)
+        self._compiled = core.compile_model(graph, spec.device, {"PERFORMANCE_HINT": "THROUGHPUT"})
         self._queue = ov.AsyncInferQueue(self._compiled)
         self._queue.set_callback(self._completed)
         self._loop: asyncio.AbstractEventLoop | None = None
         log.info(
-            "model %s (%s, input %dx%d) compiled for %s with %d requests in flight",
+            "model %s (%s, input %dx%d, %s) compiled for %s with %d requests in flight",
             self.name,
             self.info.family,
             *self.input_size,
-            config.device,
+            spec.preprocessing.resize,
+            spec.device,
             len(self._queue),
         )
 
@@ -142,9 +147,26 @@ class Engine:
 
     def prepare(self, image: Image) -> Image:
         """Shape a source frame for this model; runs in the camera's thread."""
-        if (image.shape[1], image.shape[0]) == self.input_size:
+        height, width = image.shape[:2]
+        if (width, height) == self.input_size:
             return image
-        return cast(Image, cv2.resize(image, self.input_size, interpolation=cv2.INTER_LINEAR))
+        if not self._letterbox:
+            return cast(Image, cv2.resize(image, self.input_size, interpolation=cv2.INTER_LINEAR))
+        # Keep the aspect ratio, pad at the bottom/right: boxes then map back with a single scale.
+        input_width, input_height = self.input_size
+        scale = min(input_width / width, input_height / height)
+        inner = (min(input_width, round(width * scale)), min(input_height, round(height * scale)))
+        canvas = np.zeros((input_height, input_width, 3), np.uint8)
+        canvas[: inner[1], : inner[0]] = cv2.resize(image, inner, interpolation=cv2.INTER_LINEAR)
+        return canvas
+
+    def _decode_size(self, width: int, height: int) -> FrameSize:
+        """The size the decoder scales the model's input back to: the padded frame when letterboxed."""
+        if not self._letterbox:
+            return width, height
+        input_width, input_height = self.input_size
+        scale = min(input_width / width, input_height / height)
+        return input_width / scale, input_height / scale
 
     def submit(self, frame: Frame, done: ResultCallback) -> None:
         """Start inference on a frame; `done` runs on the event loop. The caller keeps a request free."""
@@ -158,11 +180,9 @@ class Engine:
         frame, done, started = userdata
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         try:
-            outputs = {name: request.get_tensor(name).data for name in self._output_names}
-            faces = self._decoder.decode(outputs, [(frame.width, frame.height)])[0]
-            result = Result(frame, faces, elapsed_ms)
+            result = Result(frame, self.name, self._decode(request, frame.width, frame.height), elapsed_ms)
         except Exception as error:  # a decode failure must reach the loop, not die in OpenVINO's thread
-            result = Result(frame, Faces.none(), elapsed_ms, error)
+            result = Result(frame, self.name, Faces.none(), elapsed_ms, error)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(done, result)
 
@@ -170,17 +190,31 @@ class Engine:
         """Synchronous detection on one image, for the CLI; not used by the server's hot path."""
         request = self._compiled.create_infer_request()
         request.infer(self.prepare(image)[None], share_inputs=True)
+        return self._decode(request, image.shape[1], image.shape[0])
+
+    def _decode(self, request: ov.InferRequest, width: int, height: int) -> Faces:
         outputs = {name: request.get_tensor(name).data for name in self._output_names}
-        return self._decoder.decode(outputs, [(image.shape[1], image.shape[0])])[0]
+        faces = self._decoder.decode(outputs, [self._decode_size(width, height)])[0]
+        return faces.clamped(width, height) if self._letterbox else faces
 
     def wait_idle(self) -> None:
         """Block until every request has completed (used from a thread at shutdown)."""
         self._queue.wait_all()
 
 
-def _with_preprocessing(model: ov.Model) -> ov.Model:
-    """Let the graph take u8 NHWC frames as OpenCV delivers them: layout and type conversion in-graph."""
+def _with_preprocessing(model: ov.Model, preprocessing: Preprocessing) -> ov.Model:
+    """Let the graph take u8 NHWC BGR frames as OpenCV delivers them and do the rest of the conversion.
+
+    Layout, type, colour order and normalisation run inside the compiled graph, fused with the
+    first layer, instead of as separate numpy passes per frame.
+    """
     ppp = PrePostProcessor(model)
-    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+    tensor = ppp.input().tensor()
+    tensor.set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")).set_color_format(ColorFormat.BGR)
     ppp.input().model().set_layout(ov.Layout("NCHW"))
+    steps = ppp.input().preprocess()
+    if preprocessing.colour_order == "RGB":
+        steps.convert_color(ColorFormat.RGB)
+    if preprocessing.mean != (0.0, 0.0, 0.0) or preprocessing.scale != (1.0, 1.0, 1.0):
+        steps.convert_element_type(ov.Type.f32).mean(list(preprocessing.mean)).scale(list(preprocessing.scale))
     return ppp.build()

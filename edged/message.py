@@ -24,7 +24,7 @@ def faces_json(faces: Faces, width: int, height: int) -> list[dict[str, object]]
     ]
 
 
-def detection_payload(result: Result, seq: int, model: str, published: float) -> bytes:
+def detection_payload(result: Result, seq: int, published: float) -> bytes:
     """The per-frame message on `{prefix}/{camera}/detections` (see docs/mqtt.md)."""
     frame = result.frame
     message = {
@@ -32,7 +32,7 @@ def detection_payload(result: Result, seq: int, model: str, published: float) ->
         "seq": seq,
         "timestamp": round(frame.timestamp, 3),
         "frame": {"index": frame.index, "width": frame.width, "height": frame.height},
-        "model": model,
+        "model": result.model,
         "latency_ms": round((published - frame.timestamp) * 1000.0, 1),
         "faces": faces_json(result.faces, frame.width, frame.height),
     }

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiomqtt
@@ -34,7 +35,10 @@ from edged.secrets import MqttSecurity
 log = logging.getLogger("edged.mqtt")
 
 PUBLISH_TIMEOUT_S = 10.0  # an acknowledgement later than this means the connection is dead
+INCOMING_QUEUE = 1000  # incoming messages waiting for their handler: a flood of commands cannot grow memory
 _REFUSED_CREDENTIALS = {4, 5, 134, 135}  # MQTT 3.1.1 CONNACK 4/5 and their MQTT 5 reason codes
+
+MessageHandler = Callable[[str, bytes, bool], None]  # (topic, payload, retained), called on the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,7 @@ class Publisher:
         self.dropped = 0
         self.published = 0
         self.reconnects = 0
+        self._handlers: dict[str, MessageHandler] = {}
 
     # -- producer side, on the event loop ---------------------------------------------------
 
@@ -149,6 +154,7 @@ class Publisher:
             timeout=PUBLISH_TIMEOUT_S,
             tls_context=self._security.tls,
             max_inflight_messages=config.inflight,
+            max_queued_incoming_messages=INCOMING_QUEUE,
             logger=logging.getLogger("edged.mqtt.client"),
         )
         # aiomqtt warns past 10 unacknowledged publishes; a full window is the normal state here.
@@ -220,18 +226,13 @@ class Publisher:
     # -- one connection ---------------------------------------------------------------------
 
     async def _session(self, client: aiomqtt.Client) -> None:
-        """Drain until closing; a lost connection fails the watcher and with it the whole group."""
+        """Subscribe, then drain until closing; a lost connection fails the receiver and the whole group."""
+        for topic_filter in self._handlers:
+            await client.subscribe(topic_filter, qos=1, timeout=PUBLISH_TIMEOUT_S)
         async with asyncio.TaskGroup() as tasks:
-            watcher = tasks.create_task(self._watch(client), name="mqtt-connection")
+            receiver = tasks.create_task(self._receive(client), name="mqtt-receive")
             await self._drain(client, tasks)
-            watcher.cancel()
-
-    @staticmethod
-    async def _watch(client: aiomqtt.Client) -> None:
-        # Pending acknowledgements never fail on their own when the connection drops (they would
-        # just time out); the message iterator does, at once.
-        async for _ in client.messages:
-            pass
+            receiver.cancel()  # drained and said offline: the session is over
 
     async def _drain(self, client: aiomqtt.Client, tasks: asyncio.TaskGroup) -> None:
         while True:
@@ -264,6 +265,34 @@ class Publisher:
         finally:
             self._wake.set()
         self.published += 1
+
+    # -- incoming messages (commands, retained records read back) ---------------------------
+
+    def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
+        """Route messages matching `topic_filter` to `handler`; subscribed on every (re)connect.
+
+        Register before `run()`: a filter added later is subscribed from the next reconnect on.
+        """
+        self._handlers[topic_filter] = handler
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        # Also the connection's watchdog: pending acknowledgements never fail on their own when the
+        # connection drops (they would just time out); the message iterator raises at once.
+        async for message in client.messages:
+            topic = message.topic.value
+            handler = next((h for f, h in self._handlers.items() if message.topic.matches(f)), None)
+            if handler is None:
+                continue
+            payload = message.payload
+            if isinstance(payload, bytes | bytearray):
+                data = bytes(payload)
+            else:  # aiomqtt types payloads more widely than the bytes paho hands it
+                data = b"" if payload is None else str(payload).encode()
+            try:
+                handler(topic, data, message.retain)
+            except Exception:
+                # A bad command must not take the connection down with it.
+                log.exception("MQTT: handling a message on %s failed", topic)
 
 
 def _succeeded(task: asyncio.Task[None]) -> bool:

@@ -1,7 +1,8 @@
 """The supervisor: owns every task of a run and wires camera -> frame -> inference -> decode -> publish.
 
 Every task lives in one TaskGroup. Cameras come and go with reloads (edged/reload.py); signals
-and systemd are edged/lifecycle.py's business, health edged/health.py's.
+and systemd are edged/lifecycle.py's business, health edged/health.py's, the NVR features
+(events, snapshots, stats, metrics, discovery, control) edged/nvr.py's.
 
 Shutdown order matters and is spelt out in `_shut_down`: stop taking frames, let the frames already
 in the engine come back and be published, flush the outbox, say `offline`, disconnect.
@@ -19,12 +20,13 @@ from typing import Any
 
 from edged import health, worker
 from edged.camera import Camera
-from edged.config import CameraConfig, Config, load_config
+from edged.config import Config, load_config
 from edged.dispatch import Dispatcher
 from edged.errors import ConfigError
 from edged.inference import Engine, Result
 from edged.lifecycle import Lifecycle
 from edged.message import detection_payload
+from edged.nvr import Nvr
 from edged.publish import Publisher
 from edged.reload import diff
 from edged.secrets import MqttSecurity
@@ -54,11 +56,15 @@ class Supervisor:
         self._config = config
         self._config_path = config_path
         self._publisher = Publisher(config.mqtt, security)
+        self._nvr = Nvr(config, self._publisher)  # events, snapshots, stats, metrics, discovery, control
         self._lifecycle = lifecycle or Lifecycle()
         self._seq: dict[str, int] = {}
         self._camera_online: dict[str, bool] = {}
         self._errors_logged: set[str] = set()
+        self._engines: dict[str, Engine] = {}
+        self._dispatchers: dict[str, Dispatcher] = {}
         self._cameras: dict[str, _Running] = {}
+        self._pipeline: tuple[asyncio.Task[None], ...] = ()
         self._reloading = False
         self._last_result = time.monotonic()  # "since the last result" counts from the start
         self._rate_mark = (time.monotonic(), 0)
@@ -75,27 +81,46 @@ class Supervisor:
             self._lifecycle.remove_signal_handlers()
 
     async def _run(self) -> None:
-        engine = await asyncio.to_thread(Engine, self._config.model)  # compiling takes a while: off the loop
-        self._engine = engine
-        dispatcher = Dispatcher(engine, self._on_result)
-        self._dispatcher = dispatcher
+        self._engines = await self._compile_models()
+        self._dispatchers = {name: Dispatcher(engine, self._on_result) for name, engine in self._engines.items()}
+        for name, engine in self._engines.items():
+            self._nvr.add_model(name, self._dispatchers[name], engine.requests)
+        self._nvr.start()
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
+            self._nvr.create_tasks(tasks)
             mqtt_task = tasks.create_task(self._publisher.run(), name="mqtt")
-            dispatch_task = tasks.create_task(dispatcher.run(), name=f"dispatch-{engine.name}")
-            self._pipeline = (mqtt_task, dispatch_task)
+            dispatch_tasks = [
+                tasks.create_task(dispatcher.run(), name=f"dispatch-{name}")
+                for name, dispatcher in self._dispatchers.items()
+            ]
+            self._pipeline = (mqtt_task, *dispatch_tasks)
             if not self._lifecycle.stop_requested.is_set():  # a SIGTERM during the compile: start nothing
-                for name, camera in self._config.cameras.items():
-                    self._start_camera(name, camera)
+                for name in self._config.cameras:
+                    self._start_camera(name, self._config)
             await self._wait_for_broker()
-            log.info("edged running: %d cameras on model %s", len(self._cameras), engine.name)
+            log.info(
+                "edged running: %d cameras on %d models (%s)",
+                len(self._cameras),
+                len(self._engines),
+                ", ".join(self._engines),
+            )
             self._lifecycle.ready(self._health().summary)
             watchdog = tasks.create_task(self._lifecycle.watch(self._health), name="watchdog")
             while await self._lifecycle.next_request() == "reload":
                 await self._reload()
             self._lifecycle.stopping()
             watchdog.cancel()
-            await self._shut_down(dispatcher, dispatch_task, mqtt_task)
+            await self._shut_down(dispatch_tasks, mqtt_task)
+
+    async def _compile_models(self) -> dict[str, Engine]:
+        """Compile every model some camera uses, side by side and off the event loop."""
+        specs = self._config.model_specs()
+        used = list(dict.fromkeys(self._config.model_of(camera) for camera in self._config.cameras))
+        for unused in specs.keys() - set(used):
+            log.info("model %s is used by no camera: not compiled", unused)
+        engines = await asyncio.gather(*(asyncio.to_thread(Engine, specs[name]) for name in used))
+        return dict(zip(used, engines, strict=True))
 
     async def _wait_for_broker(self) -> None:
         """READY means serving: the broker was reached, or its first attempt failed and the outbox took over."""
@@ -109,19 +134,21 @@ class Supervisor:
         if not done:
             log.warning("MQTT: no answer from the broker yet; messages are queued meanwhile")
 
-    async def _shut_down(
-        self, dispatcher: Dispatcher, dispatch_task: asyncio.Task[None], mqtt_task: asyncio.Task[None]
-    ) -> None:
+    async def _shut_down(self, dispatch_tasks: list[asyncio.Task[None]], mqtt_task: asyncio.Task[None]) -> None:
         started = time.monotonic()
         await self._stop_cameras(list(self._cameras))
         # Captures are released on their own threads; let them finish (a hung one is left behind).
         if stuck := await asyncio.to_thread(worker.join_all, WORKER_JOIN_S):
             log.warning("%s still blocked in a read; not waiting for it", ", ".join(stuck))
+        dispatchers = list(self._dispatchers.values())
         try:
-            await asyncio.wait_for(dispatcher.drain(), DRAIN_TIMEOUT_S)
+            await asyncio.wait_for(asyncio.gather(*(d.drain() for d in dispatchers)), DRAIN_TIMEOUT_S)
         except TimeoutError:
-            log.warning("%d inferences still running at shutdown; their results are lost", dispatcher.in_flight)
-        dispatch_task.cancel()
+            lost = sum(d.in_flight for d in dispatchers)
+            log.warning("%d inferences still running at shutdown; their results are lost", lost)
+        for task in dispatch_tasks:
+            task.cancel()
+        await self._nvr.shut_down()
         await self._publisher.close(FLUSH_TIMEOUT_S)
         mqtt_task.cancel()
         log.info(
@@ -132,21 +159,27 @@ class Supervisor:
 
     # -- cameras --------------------------------------------------------------------------------
 
-    def _start_camera(self, name: str, config: CameraConfig) -> None:
-        slot = self._dispatcher.add_camera(name)
-        camera = Camera(name, config, slot, self._engine.prepare, self._on_camera_status)
+    def _start_camera(self, name: str, config: Config) -> None:
+        """Start camera `name` as `config` describes it (the running one, or a reloaded one)."""
+        model = config.model_of(name)
+        if model not in self._engines:
+            log.error("camera %s: its model %s is not running: restart edged to compile it", name, model)
+            return
+        slot = self._dispatchers[model].add_camera(name)
+        camera = Camera(name, config.cameras[name], slot, self._engines[model].prepare, self._on_camera_status)
+        self._nvr.add_camera(name, camera, slot, model)
         task = self._tasks.create_task(self._guard(camera.run(), f"camera {name}"), name=f"camera-{name}")
         task.add_done_callback(lambda _task: self._stop_if_all_finished())
         self._cameras[name] = _Running(camera, task)
 
     async def _stop_cameras(self, names: list[str]) -> None:
-        stopping = [self._cameras.pop(name) for name in names if name in self._cameras]
-        for running in stopping:
+        stopping = {name: self._cameras.pop(name) for name in names if name in self._cameras}
+        for running in stopping.values():
             running.task.cancel()
-        await asyncio.gather(*(running.task for running in stopping), return_exceptions=True)
-        for running in stopping:
-            if running.camera.name not in self._cameras:  # not restarted under the same name
-                self._dispatcher.remove_camera(running.camera.name)
+        await asyncio.gather(*(running.task for running in stopping.values()), return_exceptions=True)
+        for name in stopping:
+            for dispatcher in self._dispatchers.values():
+                dispatcher.remove_camera(name)
 
     def _stop_if_all_finished(self) -> None:
         if self._reloading or self._lifecycle.stop_requested.is_set():
@@ -192,7 +225,7 @@ class Supervisor:
                 log.info("camera %s: stopped, removed from the configuration", name)
             self._config = self._config.model_copy(update={"cameras": new.cameras})
             for name in (*changes.added, *changes.changed):
-                self._start_camera(name, new.cameras[name])
+                self._start_camera(name, new)
         finally:
             self._reloading = False
         log.info("reload done in %.1f s: %s", time.monotonic() - started, changes.summary())
@@ -202,6 +235,7 @@ class Supervisor:
     # -- results and statuses -------------------------------------------------------------------
 
     def _on_camera_status(self, camera: str, online: bool) -> None:
+        self._nvr.on_camera_status(camera, online)
         if self._camera_online.get(camera) == online:
             return
         self._camera_online[camera] = online
@@ -211,18 +245,23 @@ class Supervisor:
     def _on_result(self, result: Result) -> None:
         self._last_result = time.monotonic()
         camera = result.frame.camera
+        if camera not in self._cameras and not self._lifecycle.stop_requested.is_set():
+            return  # removed by a reload while this frame was in inference
         if result.error is not None:
             if camera not in self._errors_logged:  # once per camera: a decode bug would repeat every frame
                 self._errors_logged.add(camera)
                 log.error("camera %s: decoding failed: %s", camera, result.error)
             return
+        if self._nvr.paused(camera):
+            return  # detection switched off while this frame was in inference
         seq = self._seq.get(camera, 0)
         self._seq[camera] = seq + 1
-        payload = detection_payload(result, seq, self._config.model.name, time.time())
+        payload = detection_payload(result, seq, time.time())
         self._publisher.publish(
             f"{self._publisher.prefix}/{camera}/detections", payload, self._config.mqtt.qos.detections
         )
         self._published_detections += 1
+        self._nvr.on_result(result)
 
     # -- health ---------------------------------------------------------------------------------
 
@@ -244,7 +283,7 @@ class Supervisor:
         return health.assess(
             health.Snapshot(
                 cameras=cameras,
-                in_flight=self._dispatcher.in_flight,
+                in_flight=sum(dispatcher.in_flight for dispatcher in self._dispatchers.values()),
                 since_result=now - self._last_result,
                 mqtt_connected=self._publisher.connected.is_set(),
                 outbox=self._publisher.outbox_depth,

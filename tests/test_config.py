@@ -41,7 +41,9 @@ def test_minimal_config_gets_the_documented_defaults(tmp_path: Path, seed_model:
 
     assert (config.mqtt.host, config.mqtt.port, config.mqtt.topic_prefix) == ("127.0.0.1", 1883, "edged")
     assert config.mqtt.client_id == f"edged-{socket.gethostname()}"
-    assert (config.model.device, config.model.confidence) == ("CPU", 0.5)
+    spec = config.model_specs()["face-detection-adas-binary-0001"]
+    assert (spec.device, spec.confidence, spec.preprocessing.resize) == ("CPU", 0.5, "stretch")
+    assert config.model_of("door") == "face-detection-adas-binary-0001"
     door = config.cameras["door"]
     assert (door.fps, door.realtime, door.loop) == (None, True, True)
     assert config.mqtt.qos.detections == 0
@@ -64,7 +66,7 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path, shared_d
 
     config = load_config(path)
 
-    assert config.model.path == (shared_dir / SEED).resolve()
+    assert config.models["face-detection-adas-binary-0001"].path == (shared_dir / SEED).resolve()
     assert Path(config.cameras["door"].url) == (shared_dir / "media/classroom.mp4").resolve()
 
 
@@ -100,7 +102,11 @@ REJECTIONS = [
     ("missing video file", yaml_with(url="/nonexistent/v.mp4"), "cameras.d.url: file not found"),
     ("unsupported scheme", yaml_with(url="ftp://cam/x"), "cameras.d.url: unsupported URL scheme 'ftp'"),
     ("no cameras", "model:\n  path: {model_path}\ncameras: {{}}\n", "cameras"),
-    ("no model", "cameras:\n  d:\n    url: {clip}\n", "model: required key is missing"),
+    ("no model", "cameras:\n  d:\n    url: {clip}\n", "models: required key is missing"),
+    ("model and models", yaml_with(top="models:\n  x:\n    path: {model_path}\n"), "not both"),
+    ("neither path nor name", yaml_with().replace("path: {model_path}", "device: CPU"), "either as `path`"),
+    ("unknown descriptor", yaml_with().replace("path: {model_path}", "name: no-such-model"), "no descriptor named"),
+    ("unknown model of camera", yaml_with(camera="    model: other\n"), "cameras.d.model: no model named 'other'"),
     ("duplicate camera", yaml_with(camera="  d:\n    url: {clip}\n"), "duplicate key 'd'"),
     ("not YAML", "model: [unclosed\n", "not valid YAML: line"),
     ("empty file", "", "the config file is empty"),
@@ -178,3 +184,40 @@ def test_check_refuses_a_model_without_its_weights(tmp_path: Path, seed_model: P
 
     assert result.returncode == 2
     assert "lonely.bin is missing" in result.stderr
+
+
+def test_several_models_each_camera_picks_one(tmp_path: Path, shared_dir: Path, clip: Path) -> None:
+    text = (
+        f"models_dir: {shared_dir / 'models'}\n"
+        "models:\n"
+        f"  fast:\n    path: {shared_dir / SEED}\n"
+        "  ssh:\n    name: ssh-contract-retinaface-mnet025\n    confidence: 0.6\n"
+        f"cameras:\n  door:\n    url: {clip}\n  hall:\n    url: {clip}\n    model: ssh\n"
+    )
+    config = load_config(write(tmp_path, text))
+    specs = config.model_specs()
+
+    assert (config.model_of("door"), config.model_of("hall")) == ("fast", "ssh")
+    assert specs["ssh"].xml == shared_dir / "models/ssh-contract-retinaface-mnet025/retinaface-mnet025-ssh-640.xml"
+    assert specs["ssh"].confidence == 0.6
+    assert specs["ssh"].preprocessing.resize == "letterbox"  # from its descriptor
+
+
+def test_a_descriptor_name_finds_its_files_through_edged_models_dir(
+    tmp_path: Path, shared_dir: Path, clip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGED_MODELS_DIR", str(shared_dir / "models"))
+    text = f"model:\n  name: face-detection-adas-0001\n  precision: FP16-INT8\ncameras:\n  door:\n    url: {clip}\n"
+
+    spec = load_config(write(tmp_path, text)).model_specs()["face-detection-adas-0001"]
+
+    assert spec.xml == shared_dir / "models/face-detection-adas-0001/FP16-INT8/face-detection-adas-0001.xml"
+
+
+def test_a_descriptor_without_its_files_says_where_they_were_looked_for(tmp_path: Path, clip: Path) -> None:
+    text = f"models_dir: {tmp_path}\nmodel:\n  name: face-detection-retail-0004\ncameras:\n  door:\n    url: {clip}\n"
+
+    with pytest.raises(ConfigError) as refused:
+        load_config(write(tmp_path, text))
+
+    assert "model.name: model files of face-detection-retail-0004 not found at" in str(refused.value)

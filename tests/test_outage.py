@@ -32,7 +32,10 @@ MEDIA = {"classroom": "classroom.mp4", "walkway": "face-demographics-walking.mp4
 def _config(tmp_path: Path, shared_dir: Path, broker: Mosquitto, **mqtt: Any) -> Path:
     cameras = {name: {"url": str(shared_dir / "media" / MEDIA[name]), "fps": FPS} for name in CAMERAS}
     mqtt = {"qos": {"detections": 1}, "backoff": {"min": 0.5, "max": 2.0}, **mqtt}
-    return write_config(tmp_path / "edged.yaml", base_config(shared_dir, broker.port, cameras, **mqtt))
+    config = base_config(shared_dir, broker.port, cameras, **mqtt)
+    # Face events share the outbox with detections: off, so that every drop is a detection's.
+    config["events"] = {"enabled": False}
+    return write_config(tmp_path / "edged.yaml", config)
 
 
 def _seqs(subscriber: Subscriber, camera: str) -> list[int]:

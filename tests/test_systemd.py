@@ -114,9 +114,7 @@ def test_extend_timeout(notify_socket: socket.socket) -> None:
     assert _recv(notify_socket) == {"EXTEND_TIMEOUT_USEC": "2500000"}
 
 
-def test_notifier_instance_explicit_address(
-    notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_notifier_instance_explicit_address(notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
     address = os.environ["NOTIFY_SOCKET"]
     monkeypatch.delenv("NOTIFY_SOCKET")
     with sd.Notifier(address) as notifier:
@@ -153,9 +151,7 @@ def test_errors_logged_once_never_raised(
     assert "nobody-listens.sock" in warnings[0].getMessage()
 
 
-def test_unsupported_address_disabled(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_unsupported_address_disabled(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", "vsock:2:1234")
     caplog.set_level(logging.WARNING, logger="edged.systemd")
     assert sd.ready() is False

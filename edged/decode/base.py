@@ -30,8 +30,14 @@ class Faces:
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
+    def clamped(self, width: float, height: float) -> Faces:
+        """Boxes clipped to a frame; boxes left without area (wholly outside it) are dropped."""
+        boxes = np.clip(self.boxes, 0.0, np.array([width, height, width, height], np.float32))
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        return Faces(self.scores[keep], boxes[keep])
 
-FrameSize = tuple[int, int]  # (width, height) of a source frame
+
+FrameSize = tuple[float, float]  # (width, height) of a source frame
 
 
 class Decoder(Protocol):

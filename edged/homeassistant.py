@@ -1,0 +1,126 @@
+"""Home Assistant MQTT discovery: every camera becomes a device with four entities.
+
+Entities (all unavailable while `{prefix}/status` is `offline`):
+- binary_sensor "Face": on while a face event is open (`{prefix}/{camera}/faces` > 0)
+- sensor "Faces": the face count on `{prefix}/{camera}/faces`
+- image "Snapshot": the JPEG on `{prefix}/{camera}/snapshot`
+- switch "Detection": `{prefix}/{camera}/detect/set`, state on `{prefix}/{camera}/detect/state`
+
+A camera removed from the config must not leave dead entities behind, so the cameras announced are
+recorded (retained) on `{prefix}/homeassistant/cameras`. On connect, the record a previous run left
+arrives as a retained message; the cameras in it that are no longer configured get empty retained
+payloads on their discovery topics, which is how Home Assistant is told to delete an entity.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from edged.config import HomeAssistantConfig
+from edged.publish import Publisher
+
+log = logging.getLogger("edged.homeassistant")
+
+COMPONENTS = ("binary_sensor", "sensor", "image", "switch")
+_OBJECT_SUFFIX = {"binary_sensor": "face", "sensor": "faces", "image": "snapshot", "switch": "detection"}
+
+
+def node_id(topic_prefix: str) -> str:
+    """Discovery allows only [a-zA-Z0-9_-] in a node id; the topic prefix names this edged."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", topic_prefix)
+
+
+def discovery_topic(discovery_prefix: str, node: str, component: str, camera: str) -> str:
+    return f"{discovery_prefix}/{component}/{node}/{camera}_{_OBJECT_SUFFIX[component]}/config"
+
+
+def discovery_configs(prefix: str, camera: str, version: str) -> dict[str, dict[str, Any]]:
+    """component -> discovery config of one camera's entities (JSON-ready)."""
+    node = node_id(prefix)
+    common = {
+        "availability_topic": f"{prefix}/status",
+        "payload_available": "online",
+        "payload_not_available": "offline",
+        "device": {
+            "identifiers": [f"{node}_{camera}"],
+            "name": camera,
+            "manufacturer": "edged",
+            "model": "face detection camera",
+            "sw_version": version,
+        },
+        "origin": {"name": "edged", "sw_version": version},
+    }
+    faces_topic = f"{prefix}/{camera}/faces"
+
+    def entity(component: str, name: str, **fields: Any) -> dict[str, Any]:
+        return {"name": name, "unique_id": f"{node}_{camera}_{_OBJECT_SUFFIX[component]}", **fields, **common}
+
+    return {
+        "binary_sensor": entity(
+            "binary_sensor",
+            "Face",
+            state_topic=faces_topic,
+            value_template="{{ 'ON' if value | int(0) > 0 else 'OFF' }}",
+            device_class="occupancy",
+        ),
+        "sensor": entity(
+            "sensor", "Faces", state_topic=faces_topic, state_class="measurement", icon="mdi:face-recognition"
+        ),
+        "image": entity("image", "Snapshot", image_topic=f"{prefix}/{camera}/snapshot", content_type="image/jpeg"),
+        "switch": entity(
+            "switch",
+            "Detection",
+            command_topic=f"{prefix}/{camera}/detect/set",
+            state_topic=f"{prefix}/{camera}/detect/state",
+            payload_on="ON",
+            payload_off="OFF",
+            icon="mdi:cctv",
+        ),
+    }
+
+
+class HomeAssistantDiscovery:
+    def __init__(
+        self, config: HomeAssistantConfig, publisher: Publisher, cameras: Iterable[str], version: str, qos: int
+    ) -> None:
+        self._config = config
+        self._publisher = publisher
+        self._cameras = sorted(cameras)
+        self._version = version
+        self._qos = qos
+        self._node = node_id(publisher.prefix)
+        self.record_topic = f"{publisher.prefix}/homeassistant/cameras"
+
+    def start(self) -> None:
+        """Queue the discovery configs and the record; read back the previous record on every connect."""
+        prefix = self._publisher.prefix
+        for camera in self._cameras:
+            for component, payload in discovery_configs(prefix, camera, self._version).items():
+                topic = discovery_topic(self._config.discovery_prefix, self._node, component, camera)
+                self._publisher.set_retained(topic, json.dumps(payload, separators=(",", ":")).encode(), self._qos)
+        record = {"discovery_prefix": self._config.discovery_prefix, "node_id": self._node, "cameras": self._cameras}
+        self._publisher.subscribe(self.record_topic, self._on_record)
+        self._publisher.set_retained(self.record_topic, json.dumps(record).encode(), self._qos)
+        log.info("Home Assistant discovery: %d cameras under %s/", len(self._cameras), self._config.discovery_prefix)
+
+    def _on_record(self, topic: str, payload: bytes, retained: bool) -> None:
+        if not retained or not payload:
+            return  # our own record coming back live, or none was ever kept
+        try:
+            record = json.loads(payload)
+            announced = [str(camera) for camera in record["cameras"]]
+            old_prefix, old_node = str(record["discovery_prefix"]), str(record["node_id"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("Home Assistant: ignored an unreadable record on %s; no entities removed", topic)
+            return
+        keep = set(self._cameras) if (old_prefix, old_node) == (self._config.discovery_prefix, self._node) else set()
+        removed = [camera for camera in announced if camera not in keep]
+        for camera in removed:
+            for component in COMPONENTS:
+                self._publisher.set_retained(discovery_topic(old_prefix, old_node, component, camera), b"", self._qos)
+        if removed:
+            log.info("Home Assistant: removed the entities of cameras no longer configured: %s", ", ".join(removed))

@@ -1,0 +1,120 @@
+"""From a model entry in the config to everything an engine needs: files, preprocessing, decoder settings.
+
+A model is given either by `path` (its .xml) or by descriptor `name`, whose files are looked up in the
+models folder (`models_dir`, else $EDGED_MODELS_DIR, else the repository's `models/`). Either way a
+known descriptor, if there is one, supplies the preprocessing and the defaults; the config overrides.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from edged.decode import AnchorConfig
+from edged.descriptors import MODELS_DIR_ENV, Descriptor, DescriptorError, load_descriptor
+
+BUILTIN_DESCRIPTORS = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_CONFIDENCE = 0.5
+
+Resize = Literal["stretch", "letterbox"]
+
+
+@dataclass(frozen=True, slots=True)
+class Preprocessing:
+    """How a frame becomes the model's input: the resize in the camera thread, the rest in the graph."""
+
+    resize: Resize = "stretch"
+    colour_order: Literal["BGR", "RGB"] = "BGR"
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    name: str  # the key under `models:`; messages carry it
+    xml: Path
+    device: str
+    confidence: float
+    nms_iou: float | None  # None: the family's default
+    anchors: AnchorConfig | None
+    preprocessing: Preprocessing
+    descriptor: str | None  # the descriptor that supplied defaults, if any
+
+
+def models_dir(configured: Path | None) -> Path:
+    if configured is not None:
+        return configured
+    from_env = os.environ.get(MODELS_DIR_ENV)
+    return Path(from_env) if from_env else BUILTIN_DESCRIPTORS
+
+
+def find_descriptor(name: str, folder: Path) -> Descriptor | None:
+    """A descriptor by name: the models folder's own first, then the ones shipped with edged."""
+    for candidate in (folder / f"{name}.yaml", BUILTIN_DESCRIPTORS / f"{name}.yaml"):
+        if candidate.is_file():
+            return load_descriptor(candidate)
+    return None
+
+
+def known_descriptor_names(folder: Path) -> list[str]:
+    return sorted({p.stem for d in (folder, BUILTIN_DESCRIPTORS) if d.is_dir() for p in d.glob("*.yaml")})
+
+
+def resolve(
+    key: str,
+    *,
+    path: Path | None,
+    name: str | None,
+    precision: str | None,
+    device: str,
+    confidence: float | None,
+    nms_iou: float | None,
+    resize: Resize | None,
+    folder: Path,
+) -> ModelSpec:
+    """Raises ValueError naming the offending key (`models.<key>.…`) and what to do."""
+    where = f"models.{key}"
+    try:
+        descriptor = find_descriptor(name or (path.stem if path else ""), folder)
+    except DescriptorError as error:
+        raise ValueError(f"{where}: descriptor unusable: {error}") from None
+    if name is not None and descriptor is None:
+        known = ", ".join(known_descriptor_names(folder)) or "none"
+        raise ValueError(f"{where}.name: no descriptor named {name!r}; known: {known}")
+    if path is None:
+        assert descriptor is not None
+        path = _descriptor_xml(descriptor, precision, folder, where)
+    preprocessing = Preprocessing()
+    if descriptor is not None:
+        spec = descriptor.input
+        preprocessing = Preprocessing(spec.resize, spec.colour_order, spec.mean, spec.scale)
+    if resize is not None:
+        preprocessing = Preprocessing(resize, preprocessing.colour_order, preprocessing.mean, preprocessing.scale)
+    return ModelSpec(
+        name=key,
+        xml=path,
+        device=device,
+        confidence=confidence
+        if confidence is not None
+        else (descriptor.confidence if descriptor else DEFAULT_CONFIDENCE),
+        nms_iou=nms_iou if nms_iou is not None else (descriptor.nms_iou if descriptor else None),
+        anchors=descriptor.anchors.config() if descriptor and descriptor.anchors else None,
+        preprocessing=preprocessing,
+        descriptor=descriptor.name if descriptor else None,
+    )
+
+
+def _descriptor_xml(descriptor: Descriptor, precision: str | None, folder: Path, where: str) -> Path:
+    try:
+        files = descriptor.files(precision)
+    except KeyError as error:
+        raise ValueError(f"{where}.precision: {error.args[0]}") from None
+    xml = folder / files.xml.path
+    if not xml.is_file():
+        raise ValueError(
+            f"{where}.name: model files of {descriptor.name} not found at {xml}: put them there "
+            f"(see `edged models`) or set models_dir / ${MODELS_DIR_ENV} to the folder that holds them"
+        )
+    return xml

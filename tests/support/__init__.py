@@ -1,0 +1,73 @@
+"""Real parts for tests: a Mosquitto broker, an RTSP camera, an MJPEG camera, an MQTT subscriber.
+
+Everything here runs real processes or real sockets on 127.0.0.1 and free ports, so tests exercise
+the same code paths as production (reconnects, TLS, authentication, frame pacing) without mocks.
+"""
+
+from __future__ import annotations
+
+import atexit
+import socket
+import subprocess
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+
+LOCALHOST = "127.0.0.1"
+
+_children: weakref.WeakSet[subprocess.Popen[bytes]] = weakref.WeakSet()
+
+
+def track_child(process: subprocess.Popen[bytes]) -> None:
+    """Kill ``process`` when the test session exits, should a fixture's teardown never run
+    (an interrupted or crashed pytest would otherwise leave brokers and cameras behind)."""
+    _children.add(process)
+
+
+@atexit.register
+def _kill_children() -> None:
+    for process in list(_children):
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def free_port(host: str = LOCALHOST) -> int:
+    """A TCP port that was free a moment ago.
+
+    Used only where the server cannot bind port 0 itself (mosquitto's ``listener 0`` means a unix
+    socket); callers retry with another port if they lose the race.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def port_accepts(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(condition: Callable[[], object], timeout: float, interval: float = 0.02) -> bool:
+    """Poll ``condition()`` until it is true or ``timeout`` seconds pass; returns the last result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def tail(path: Path, max_chars: int = 20_000) -> str:
+    """The end of a log file, for failure messages (missing file -> empty string)."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return text[-max_chars:]

@@ -1,0 +1,416 @@
+"""The NVR features end to end: `edged run` with the seed model, real media and a real broker.
+
+What is asserted is what a subscriber (or Prometheus, or Home Assistant) sees: events, snapshots,
+stats, /metrics, discovery configs and the effect of the detect switch. Every JSON payload is
+checked against its schema in docs/schemas, the contract documented in docs/mqtt.md.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import cv2
+import jsonschema
+import numpy as np
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from edged import __version__
+from tests.support import free_port
+from tests.support.broker import Mosquitto
+from tests.support.mqtt import Message, Subscriber
+
+REPO = Path(__file__).resolve().parent.parent
+SEED = "models/face-detection-adas-binary-0001/FP32-INT1/face-detection-adas-binary-0001.xml"
+CLIP_FPS, CLIP_SIZE = 10, (640, 360)
+TIMEOUT = 60.0  # generous: the machine is shared, nothing here measures speed
+
+
+def schema(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((REPO / "docs" / "schemas" / f"{name}.json").read_text())
+    return loaded
+
+
+def write_config(tmp_path: Path, shared_dir: Path, broker: Mosquitto, cameras: dict[str, Any], **sections: Any) -> Path:
+    config = {
+        "mqtt": {"host": broker.host, "port": broker.port, "client_id": "edged-nvr-test", "qos": {"detections": 1}},
+        "model": {"path": str(shared_dir / SEED)},
+        "cameras": cameras,
+        **sections,
+    }
+    path = tmp_path / f"edged-{len(list(tmp_path.glob('edged-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class Edged:
+    """`edged run -c config` as a child process, its log kept for the assertion messages."""
+
+    def __init__(self, config: Path) -> None:
+        self.log = config.with_suffix(".log")
+        self._log_file = self.log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edged.cli", "run", "-c", str(config)], stderr=self._log_file
+        )
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(TIMEOUT)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log_file.close()
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+
+@contextmanager
+def edged_running(config: Path) -> Iterator[Edged]:
+    edged = Edged(config)
+    try:
+        yield edged
+    finally:
+        edged.close()
+
+
+def build_clip(media_dir: Path, path: Path) -> Path:
+    """No face for 2.5 s, one face for 1.5 s, two faces for 2 s, no face for 4 s; 10 fps.
+
+    The no-face frames come from one-by-one-person-detection.mp4 (people walking, no face visible at
+    its start), the one face is astronaut.png on a dark frame, the two faces are faces-1080p30.mp4.
+    """
+
+    def frames(video: str, count: int, step: int = 1) -> list[np.ndarray]:
+        capture = cv2.VideoCapture(str(media_dir / video))
+        out: list[np.ndarray] = []
+        index = 0
+        while len(out) < count:
+            ok, frame = capture.read()
+            assert ok, f"{video} has fewer frames than the clip needs"
+            if index % step == 0:
+                out.append(cv2.resize(frame, CLIP_SIZE, interpolation=cv2.INTER_AREA))
+            index += 1
+        capture.release()
+        return out
+
+    no_face = frames("one-by-one-person-detection.mp4", 65)
+    astronaut = cv2.imread(str(media_dir / "images" / "astronaut.png"), cv2.IMREAD_COLOR)
+    one_face = np.full((CLIP_SIZE[1], CLIP_SIZE[0], 3), 40, np.uint8)
+    one_face[:, 140:500] = cv2.resize(astronaut, (360, 360), interpolation=cv2.INTER_AREA)
+    two_faces = frames("faces-1080p30.mp4", 20, step=3)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), CLIP_FPS, CLIP_SIZE)
+    for frame in [*no_face[:25], *[one_face] * 15, *two_faces, *no_face[25:]]:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def payloads(messages: list[Message]) -> list[Any]:
+    return [m.json() for m in messages]
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics as {(sample name, sorted labels): value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+# --- events and snapshots ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_face_that_appears_and_leaves_makes_one_event_new_updates_end_with_a_snapshot(
+    tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
+) -> None:
+    clip = build_clip(media_dir, tmp_path / "door.mp4")
+    config = write_config(
+        tmp_path,
+        shared_dir,
+        broker,
+        {"door": {"url": str(clip), "loop": False}},
+        events={"min_frames": 2, "end_after": 1.0},
+        snapshots={"height": 200, "quality": 80},
+        stats={"enabled": False},
+    )
+    with Subscriber(broker.host, broker.port, "edged/#") as subscriber, edged_running(config) as edged:
+        # The clip is not looped: edged stops by itself once the camera has played it.
+        assert edged.process.wait(TIMEOUT) == 0, edged.log_text()
+
+        events = payloads(subscriber.messages("edged/events"))
+        for event in events:
+            jsonschema.validate(event, schema("event"))
+        for detection in payloads(subscriber.messages("edged/door/detections"))[:20]:
+            jsonschema.validate(detection, schema("detections"))
+
+        kinds = [event["type"] for event in events]
+        assert kinds[0] == "new" and kinds[-1] == "end" and set(kinds[1:-1]) == {"update"}, kinds
+        new, end = events[0], events[-1]
+        assert {event["id"] for event in events} == {new["id"]}
+        assert {event["camera"] for event in events} == {"door"}
+        assert new["faces"] == 1 and new["snapshot"] is True and new["end_time"] is None
+        assert any(event["faces"] == 2 for event in events[1:-1])  # the second face was announced
+        assert [e["top_score"] for e in events] == sorted(e["top_score"] for e in events)
+        assert end["start_time"] == new["start_time"] < end["end_time"]
+        assert end["faces"] == 0
+
+        counts = [int(m.payload) for m in subscriber.messages("edged/door/faces")]
+        assert counts[0] == 0 and counts[-1] == 0 and max(counts) == 2
+
+    with Subscriber(broker.host, broker.port, ["edged/door/snapshot", "edged/door/faces"]) as late:
+        snapshot = late.wait_for_message("edged/door/snapshot", timeout=TIMEOUT)
+        faces = late.wait_for_message("edged/door/faces", timeout=TIMEOUT)
+    assert snapshot.retain and faces.retain
+    assert faces.payload == b"0"
+    image = cv2.imdecode(np.frombuffer(snapshot.payload, np.uint8), cv2.IMREAD_COLOR)
+    assert snapshot.payload[:2] == b"\xff\xd8"  # raw JPEG, no base64
+    assert image is not None and image.shape[:2] == (200, round(CLIP_SIZE[0] * 200 / CLIP_SIZE[1]))
+
+
+@pytest.mark.slow
+def test_a_face_crop_snapshot_has_the_configured_height(
+    tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
+) -> None:
+    config = write_config(
+        tmp_path,
+        shared_dir,
+        broker,
+        {"portrait": {"url": str(media_dir / "images" / "astronaut.png"), "fps": 5}},
+        snapshots={"crop": True, "height": 120, "boxes": False},
+    )
+    with Subscriber(broker.host, broker.port, "edged/#") as subscriber, edged_running(config) as edged:
+        snapshot = subscriber.wait_for_message("edged/portrait/snapshot", timeout=TIMEOUT)
+        assert edged.stop() == 0, edged.log_text()
+    image = cv2.imdecode(np.frombuffer(snapshot.payload, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None and image.shape[0] == 120
+    assert image.shape[1] < 120  # a crop around an upright face is narrower than the square photo
+
+
+# --- stats and Prometheus --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_stats_and_metrics_carry_figures_consistent_with_the_messages_received(
+    tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
+) -> None:
+    port = free_port()
+    cameras = {
+        "lobby": {"url": str(media_dir / "face-demographics-walking.mp4")},
+        "hall": {"url": str(media_dir / "classroom.mp4")},
+    }
+    config = write_config(tmp_path, shared_dir, broker, cameras, stats={"interval": 1}, metrics={"port": port})
+    with Subscriber(broker.host, broker.port, "edged/#") as subscriber, edged_running(config) as edged:
+        for camera in cameras:
+            subscriber.wait_for_count(f"edged/{camera}/detections", 20, timeout=TIMEOUT)
+        running = subscriber.wait_for_message("edged/stats", lambda m: m.json()["uptime_s"] > 1, timeout=TIMEOUT).json()
+        received = {camera: len(subscriber.messages(f"edged/{camera}/detections")) for camera in cameras}
+        metrics = scrape(port)
+
+        jsonschema.validate(running, schema("stats"))
+        assert running["version"] == __version__
+        assert running["process"]["rss_bytes"] > 10_000_000 and running["process"]["cpu_percent"] > 0
+        model = running["models"]["face-detection-adas-binary-0001"]
+        assert model["requests"] >= 1 and 0 < model["inference_ms"]["avg"] <= model["inference_ms"]["p99"]
+        for camera in cameras:
+            figures = running["cameras"][camera]
+            assert figures["status"] == "online" and figures["reconnects"] == 0
+            assert figures["camera_fps"] > 0 and figures["processed_fps"] > 0
+            assert figures["frames_read"] >= figures["frames_processed"] + figures["frames_skipped"] - 2
+
+            processed = metrics[("edged_frames_processed_total", (("camera", camera),))]
+            assert processed >= received[camera]  # counted before it is published
+            assert metrics[("edged_camera_frames_read_total", (("camera", camera),))] >= processed
+            assert metrics[("edged_camera_online", (("camera", camera),))] == 1
+        model_label = (("model", "face-detection-adas-binary-0001"),)
+        assert metrics[("edged_inference_seconds_count", model_label)] == sum(
+            metrics[("edged_frames_processed_total", (("camera", camera),))] for camera in cameras
+        )
+        assert metrics[("edged_inference_seconds_sum", model_label)] > 0
+        assert metrics[("edged_build_info", (("version", __version__),))] == 1
+        assert metrics[("process_resident_memory_bytes", ())] > 0
+
+        assert edged.stop() == 0, edged.log_text()
+
+    # The last stats message is published at shutdown, after the last detection was queued.
+    final = subscriber.messages("edged/stats")[-1].json()
+    jsonschema.validate(final, schema("stats"))
+    for camera in cameras:
+        detections = subscriber.messages(f"edged/{camera}/detections")
+        assert final["cameras"][camera]["frames_processed"] == len(detections)
+    assert final["mqtt"]["dropped"] == 0
+
+
+@pytest.mark.slow
+def test_a_metrics_port_in_use_stops_edged_at_start_with_one_line(
+    tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cameras = {"front": {"url": str(media_dir / "images" / "astronaut.png")}}
+        config = write_config(tmp_path, shared_dir, broker, cameras, metrics={"port": port})
+        result = subprocess.run(
+            [sys.executable, "-m", "edged.cli", "run", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"edged: metrics.port: cannot serve /metrics on 127.0.0.1:{port} (Address already in use): "
+        "choose a free port or stop what listens there"
+    )
+
+
+# --- control -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_detect_off_stops_detections_of_that_camera_only_and_on_resumes_them(
+    tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
+) -> None:
+    port = free_port()
+    cameras = {
+        "front": {"url": str(media_dir / "images" / "astronaut.png"), "fps": 5},
+        "back": {"url": str(media_dir / "images" / "cameraman.png"), "fps": 5},
+    }
+    config = write_config(tmp_path, shared_dir, broker, cameras, metrics={"port": port})
+    with Subscriber(broker.host, broker.port, "edged/#") as subscriber, edged_running(config) as edged:
+
+        def count(camera: str) -> int:
+            return len(subscriber.messages(f"edged/{camera}/detections"))
+
+        def wait_for_more_back(more: int) -> None:
+            target = count("back") + more
+            subscriber.wait_for_count("edged/back/detections", target, timeout=TIMEOUT)
+
+        subscriber.wait_for_message("edged/front/detect/state", lambda m: m.payload == b"ON", timeout=TIMEOUT)
+        subscriber.wait_for_count("edged/front/detections", 3, timeout=TIMEOUT)
+
+        subscriber.publish("edged/front/detect/set", "OFF")
+        off = subscriber.wait_for_message("edged/front/detect/state", lambda m: m.payload == b"OFF", timeout=TIMEOUT)
+        wait_for_more_back(5)  # whatever front had in flight or queued has arrived by now
+        paused_at = count("front")
+        read_at = scrape(port)[("edged_camera_frames_read_total", (("camera", "front"),))]
+        wait_for_more_back(10)
+        assert count("front") == paused_at  # not one detection while OFF
+        metrics = scrape(port)
+        assert metrics[("edged_detection_enabled", (("camera", "front"),))] == 0
+        assert metrics[("edged_camera_frames_read_total", (("camera", "front"),))] > read_at  # stream kept open
+        assert [m.payload for m in subscriber.messages("edged/front/status")] == [b"online"]
+
+        subscriber.publish("edged/front/detect/set", "ON")
+        subscriber.wait_for_message(
+            "edged/front/detect/state", lambda m: m.payload == b"ON" and m.received_at > off.received_at
+        )
+        subscriber.wait_for_count("edged/front/detections", paused_at + 3, timeout=TIMEOUT)
+        assert edged.stop() == 0, edged.log_text()
+
+    with Subscriber(broker.host, broker.port, "edged/+/detect/state") as late:
+        late.wait_for_count("edged/+/detect/state", 2, timeout=TIMEOUT)
+        assert {m.topic: (m.payload, m.retain) for m in late.messages()} == {
+            "edged/front/detect/state": (b"ON", True),
+            "edged/back/detect/state": (b"ON", True),
+        }
+
+
+@pytest.mark.slow
+def test_invalid_detect_commands_are_ignored_with_a_warning(
+    tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
+) -> None:
+    cameras = {"front": {"url": str(media_dir / "images" / "astronaut.png"), "fps": 5}}
+    config = write_config(tmp_path, shared_dir, broker, cameras)
+    with Subscriber(broker.host, broker.port, "edged/#") as subscriber, edged_running(config) as edged:
+        subscriber.wait_for_count("edged/front/detections", 2, timeout=TIMEOUT)
+        subscriber.publish("edged/front/detect/set", "MAYBE")
+        subscriber.publish("edged/garage/detect/set", "OFF")
+        subscriber.publish("edged/front/detect/set", "off")  # case does not matter: this one is valid
+        subscriber.wait_for_message("edged/front/detect/state", lambda m: m.payload == b"OFF", timeout=TIMEOUT)
+        assert edged.stop() == 0
+    log = edged.log_text()
+    assert "camera front: ignored 'MAYBE' on edged/front/detect/set: send ON or OFF" in log
+    assert "ignored edged/garage/detect/set: no camera 'garage' is configured here" in log
+    assert [m.payload for m in subscriber.messages("edged/front/detect/state")] == [b"ON", b"OFF"]
+    assert "Traceback" not in log
+
+
+# --- Home Assistant ------------------------------------------------------------------------------------
+
+
+def discovery_topics(camera: str) -> set[str]:
+    return {
+        f"homeassistant/binary_sensor/edged/{camera}_face/config",
+        f"homeassistant/sensor/edged/{camera}_faces/config",
+        f"homeassistant/image/edged/{camera}_snapshot/config",
+        f"homeassistant/switch/edged/{camera}_detection/config",
+    }
+
+
+@pytest.mark.slow
+def test_home_assistant_discovery_describes_each_camera_and_a_removed_camera_loses_its_entities(
+    tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
+) -> None:
+    both = {
+        "front": {"url": str(media_dir / "images" / "astronaut.png"), "fps": 5},
+        "back": {"url": str(media_dir / "images" / "cameraman.png"), "fps": 5},
+    }
+    expected = discovery_topics("front") | discovery_topics("back")
+    config = write_config(tmp_path, shared_dir, broker, both, homeassistant={"enabled": True})
+    with (
+        Subscriber(broker.host, broker.port, ["edged/#", "homeassistant/#"]) as subscriber,
+        edged_running(config) as edged,
+    ):
+        subscriber.wait_for(lambda ms: expected <= {m.topic for m in ms}, timeout=TIMEOUT)
+        configs = {m.topic: m.json() for m in subscriber.messages("homeassistant/#")}
+        assert set(configs) == expected
+        referenced = set()
+        for topic, entity in configs.items():
+            jsonschema.validate(entity, schema("homeassistant-discovery"))
+            assert entity["availability_topic"] == "edged/status"
+            referenced |= {entity[key] for key in ("state_topic", "image_topic") if key in entity}
+            if topic.startswith("homeassistant/switch/"):
+                camera = entity["device"]["name"]
+                assert entity["command_topic"] == f"edged/{camera}/detect/set"
+        assert referenced == {
+            f"edged/{camera}/{leaf}" for camera in both for leaf in ("faces", "snapshot", "detect/state")
+        }
+        # Every state the entities read is really published (the snapshot once a face event starts).
+        subscriber.wait_for(lambda ms: referenced | {"edged/status"} <= {m.topic for m in ms}, timeout=TIMEOUT)
+        record = subscriber.wait_for_message("edged/homeassistant/cameras", timeout=TIMEOUT).json()
+        jsonschema.validate(record, schema("homeassistant-record"))
+        assert record["cameras"] == ["back", "front"]
+        assert edged.stop() == 0, edged.log_text()
+
+    only_front = write_config(tmp_path, shared_dir, broker, {"front": both["front"]}, homeassistant={"enabled": True})
+    with Subscriber(broker.host, broker.port, "homeassistant/#") as subscriber, edged_running(only_front) as edged:
+        removed = discovery_topics("back")
+        subscriber.wait_for(lambda ms: removed <= {m.topic for m in ms if m.payload == b""}, timeout=TIMEOUT)
+        assert edged.stop() == 0, edged.log_text()
+    assert "removed the entities of cameras no longer configured: back" in edged.log_text()
+
+    with Subscriber(broker.host, broker.port, ["homeassistant/#", "edged/homeassistant/cameras"]) as late:
+        late.wait_for(lambda ms: discovery_topics("front") <= {m.topic for m in ms}, timeout=TIMEOUT)
+        record = late.wait_for_message("edged/homeassistant/cameras", timeout=TIMEOUT).json()
+        assert record["cameras"] == ["front"]
+        assert {m.topic for m in late.messages("homeassistant/#")} == discovery_topics("front")

@@ -28,6 +28,9 @@ class DetectControl:
         self._slots[camera] = slot
         self._publish_state(camera)
 
+    def remove_camera(self, camera: str) -> None:
+        self._slots.pop(camera, None)
+
     def start(self) -> None:
         self._publisher.subscribe(self.command_topic("+"), self._on_command)
 

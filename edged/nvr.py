@@ -64,6 +64,11 @@ class Nvr:
             # A previous run may have died with a face on record: the count starts from what is known.
             self._publisher.set_retained(self._faces_topic(name), b"0", self._state_qos)
 
+    def remove_camera(self, name: str) -> None:
+        """A reload removed the camera: it leaves the stats and takes no more commands."""
+        self.telemetry.cameras.pop(name, None)
+        self.control.remove_camera(name)
+
     def start(self) -> None:
         """Before the run: bind /metrics (EdgedError if it cannot), subscribe, queue discovery."""
         if self._metrics is not None:

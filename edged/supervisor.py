@@ -222,6 +222,7 @@ class Supervisor:
         try:
             await self._stop_cameras([*changes.removed, *changes.changed])
             for name in changes.removed:
+                self._nvr.remove_camera(name)
                 log.info("camera %s: stopped, removed from the configuration", name)
             self._config = self._config.model_copy(update={"cameras": new.cameras})
             for name in (*changes.added, *changes.changed):

@@ -6,6 +6,7 @@ an operator or a subscriber can observe: exit codes, log lines, broker messages.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -22,6 +23,18 @@ REPO = Path(__file__).resolve().parent.parent
 # The small SSD model: the fastest to compile, so process start-up stays short.
 _SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_", "CREDENTIALS_DIRECTORY")
 MODEL = "models/face-detection-retail-0004/FP32/face-detection-retail-0004.xml"
+
+
+def seqs(subscriber: Any, camera: str) -> list[int]:
+    """The `seq` of each detection message of `camera`, in arrival order."""
+    return [m.json()["seq"] for m in subscriber.messages(f"edged/{camera}/detections")]
+
+
+def largest_gap(subscriber: Any, camera: str, start: float, end: float) -> float:
+    """The longest time between `camera`'s detection messages in [start, end] (monotonic seconds)."""
+    times = [m.received_at for m in subscriber.messages(f"edged/{camera}/detections")]
+    times = [start, *(t for t in times if start <= t <= end), end]
+    return max(b - a for a, b in itertools.pairwise(times))
 
 
 def write_config(path: Path, config: dict[str, Any]) -> Path:

@@ -6,7 +6,6 @@ detections resume within the backoff cap, and a file camera beside it keeps its 
 
 from __future__ import annotations
 
-import itertools
 import signal
 import time
 from pathlib import Path
@@ -14,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.edged_process import EdgedProcess, base_config, write_config
-from tests.support.mqtt import Message, Subscriber
+from tests.edged_process import EdgedProcess, base_config, largest_gap, write_config
+from tests.support.mqtt import Subscriber
 
 BACKOFF_MAX_S = 2.0
 FILE_FPS = 10.0
@@ -23,11 +22,6 @@ FILE_FPS = 10.0
 
 def _statuses(subscriber: Subscriber, camera: str) -> list[str]:
     return [m.text() for m in subscriber.messages(f"edged/{camera}/status")]
-
-
-def _largest_gap(messages: list[Message], start: float, end: float) -> float:
-    times = [start] + [m.received_at for m in messages if start <= m.received_at <= end] + [end]
-    return max(b - a for a, b in itertools.pairwise(times))
 
 
 def _edged(tmp_path: Path, shared_dir: Path, broker: Any, rtsp_url: str, stall_timeout: float) -> EdgedProcess:
@@ -65,8 +59,7 @@ def test_a_killed_rtsp_camera_comes_back_while_a_file_camera_keeps_its_rate(
     assert code == 0, log
     assert statuses == ["online", "offline", "online"]
     assert resumed < BACKOFF_MAX_S * 1.2 + 10  # the next attempt within the cap, plus opening and a model pass
-    lobby = watcher.messages("edged/lobby/detections")
-    assert _largest_gap(lobby, outage_start, outage_end) < 1.5  # 10 fps: nothing stopped it
+    assert largest_gap(watcher, "lobby", outage_start, outage_end) < 1.5  # 10 fps: nothing stopped it
     assert "camera door" in log and "offline, retrying" in log
     assert "camera lobby: online" in log and log.count("camera lobby: online") == 1
 

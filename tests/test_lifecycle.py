@@ -6,7 +6,6 @@ exactly what systemd hands a Type=notify service.
 
 from __future__ import annotations
 
-import itertools
 import signal
 import socket
 import threading
@@ -17,24 +16,13 @@ from typing import Any
 
 import pytest
 
-from tests.edged_process import EdgedProcess, base_config, write_config
-from tests.support.mqtt import Subscriber
+from tests.edged_process import EdgedProcess, base_config, largest_gap, seqs, write_config
 
 FPS = 10.0
 
 
 def _camera(shared_dir: Path, media: str, **options: Any) -> dict[str, Any]:
     return {"url": str(shared_dir / "media" / media), "fps": FPS, **options}
-
-
-def _seqs(subscriber: Subscriber, camera: str) -> list[int]:
-    return [m.json()["seq"] for m in subscriber.messages(f"edged/{camera}/detections")]
-
-
-def _largest_gap(subscriber: Subscriber, camera: str, start: float, end: float) -> float:
-    times = [m.received_at for m in subscriber.messages(f"edged/{camera}/detections")]
-    times = [start, *(t for t in times if start <= t <= end), end]
-    return max(b - a for a, b in itertools.pairwise(times))
 
 
 @pytest.mark.slow
@@ -69,9 +57,9 @@ def test_sighup_adds_removes_and_restarts_cameras_while_untouched_ones_keep_stre
     assert retained_gone[-1] == "offline"
     assert "online" in [m.text() for m in watcher.messages("edged/added/status")]
     assert "offline" in [m.text() for m in watcher.messages("edged/tuned/status")]  # restarted: down, then up
-    kept = _seqs(watcher, "kept")
+    kept = seqs(watcher, "kept")
     assert kept == list(range(len(kept)))
-    assert _largest_gap(watcher, "kept", reload_start, reload_end) < 1.0  # 10 fps through the reload
+    assert largest_gap(watcher, "kept", reload_start, reload_end) < 1.0  # 10 fps through the reload
     assert "camera kept" not in log.split("received SIGHUP")[1].split("reload done")[0]
 
 

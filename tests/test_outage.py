@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.edged_process import EdgedProcess, base_config, write_config
+from tests.edged_process import EdgedProcess, base_config, seqs, write_config
 from tests.support.broker import Mosquitto
 from tests.support.mqtt import Subscriber
 
@@ -38,10 +38,6 @@ def _config(tmp_path: Path, shared_dir: Path, broker: Mosquitto, **mqtt: Any) ->
     return write_config(tmp_path / "edged.yaml", config)
 
 
-def _seqs(subscriber: Subscriber, camera: str) -> list[int]:
-    return [m.json()["seq"] for m in subscriber.messages(f"edged/{camera}/detections")]
-
-
 def _without_redeliveries(seqs: list[int]) -> tuple[list[int], int]:
     """Drop each seq not above the last one kept (a QoS 1 redelivery); (kept, how many dropped)."""
     kept: list[int] = []
@@ -55,7 +51,7 @@ def _outage(broker: Mosquitto, subscriber: Subscriber, edged: EdgedProcess) -> d
     """Run until every camera published, stop the broker for OUTAGE_S, bring it back; seqs before it."""
     for camera in CAMERAS:
         subscriber.wait_for_count(f"edged/{camera}/detections", 5, timeout=60)
-    before = {camera: len(_seqs(subscriber, camera)) for camera in CAMERAS}
+    before = {camera: len(seqs(subscriber, camera)) for camera in CAMERAS}
     broker.stop()  # SIGTERM: the subscriber's persistent session survives the restart
     time.sleep(OUTAGE_S)
     broker.start()
@@ -78,7 +74,7 @@ def test_a_ten_second_broker_outage_loses_no_message(
         assert code == 0, edged.log()
     time.sleep(0.5)  # the last acknowledged messages reach the watcher
     for camera in CAMERAS:
-        kept, redelivered = _without_redeliveries(_seqs(watcher, camera))
+        kept, redelivered = _without_redeliveries(seqs(watcher, camera))
         assert kept == list(range(len(kept))), f"{camera}: a seq is missing"
         assert len(kept) >= before[camera] + OUTAGE_S * FPS * 0.8, f"{camera}: the outage's messages are missing"
         assert redelivered <= 20, f"{camera}: more redeliveries than messages in flight"
@@ -103,7 +99,7 @@ def test_with_a_small_outbox_the_reported_drop_count_equals_the_gap(
     reported = int(re.findall(r"(\d+) MQTT messages were dropped", log)[-1])
     missing = 0
     for camera in CAMERAS:
-        kept, _ = _without_redeliveries(_seqs(watcher, camera))
+        kept, _ = _without_redeliveries(seqs(watcher, camera))
         missing += len(set(range(kept[-1] + 1)) - set(kept))
     assert reported > OUTAGE_S * FPS  # most of the outage did not fit in 20 messages
     assert missing == reported

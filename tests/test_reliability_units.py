@@ -337,3 +337,48 @@ async def test_a_read_that_hangs_is_abandoned_after_stall_timeout_and_the_camera
     hang.set()
     assert statuses[:2] == [True, False]
     assert time.monotonic() - started < 3.0
+
+
+# -- the systemd watchdog follows health, not a timer ------------------------------------------------
+
+
+def _pending_datagrams(receiver: Any) -> list[str]:
+    messages = []
+    while True:
+        try:
+            messages.append(receiver.recv(4096).decode())
+        except BlockingIOError:
+            return messages
+
+
+async def test_the_watchdog_is_fed_only_while_the_pipeline_is_healthy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from edged.health import Health
+    from edged.lifecycle import Lifecycle
+
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "notify.sock"))
+    receiver.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")  # 0.1 s: checked every 0.05 s
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    healthy = [True]
+    lifecycle = Lifecycle()
+    watch = asyncio.ensure_future(
+        lifecycle.watch(lambda: Health(healthy[0], "" if healthy[0] else "engine stuck", "1/1 cameras online"))
+    )
+    await asyncio.sleep(0.3)
+    healthy[0] = False
+    await asyncio.sleep(0.05)
+    received = _pending_datagrams(receiver)
+    await asyncio.sleep(0.3)
+    later = _pending_datagrams(receiver)
+    watch.cancel()
+    await asyncio.gather(watch, return_exceptions=True)
+    receiver.close()
+    assert any("WATCHDOG=1" in message for message in received)
+    assert later and not any("WATCHDOG=1" in message for message in later)
+    assert any("STATUS=UNHEALTHY: engine stuck; 1/1 cameras online" in message for message in later)

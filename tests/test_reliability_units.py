@@ -382,3 +382,42 @@ async def test_the_watchdog_is_fed_only_while_the_pipeline_is_healthy(
     assert any("WATCHDOG=1" in message for message in received)
     assert later and not any("WATCHDOG=1" in message for message in later)
     assert any("STATUS=UNHEALTHY: engine stuck; 1/1 cameras online" in message for message in later)
+
+
+# -- files that end ---------------------------------------------------------------------------------
+
+
+async def _run_file_camera(shared_dir: Path, loop: bool, frames_wanted: int) -> tuple[list[int], list[bool], bool]:
+    indexes: list[int] = []
+    statuses: list[bool] = []
+    enough = asyncio.Event()
+
+    def taken() -> None:
+        if (frame := slot.take()) is not None:
+            indexes.append(frame.index)
+        if len(indexes) >= frames_wanted:
+            enough.set()
+
+    slot = FrameSlot("clip", taken)
+    config = CameraConfig(url=str(shared_dir / "media/classroom.mp4"), loop=loop, realtime=False)  # 45 frames
+    camera = Camera("clip", config, slot, lambda image: image, lambda _name, online: statuses.append(online))
+    task = asyncio.ensure_future(camera.run())
+    waiter = asyncio.ensure_future(enough.wait())
+    await asyncio.wait({task, waiter}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    finished_by_itself = task.done()
+    for pending in (task, waiter):
+        pending.cancel()
+    await asyncio.gather(task, waiter, return_exceptions=True)
+    return indexes, statuses, finished_by_itself
+
+
+async def test_a_file_with_loop_false_ends_the_camera_cleanly_offline(shared_dir: Path) -> None:
+    indexes, statuses, finished = await _run_file_camera(shared_dir, loop=False, frames_wanted=1000)
+    assert finished and statuses == [True, False]
+    assert indexes == list(range(45))
+
+
+async def test_a_looped_file_plays_on_past_its_end(shared_dir: Path) -> None:
+    indexes, statuses, finished = await _run_file_camera(shared_dir, loop=True, frames_wanted=100)
+    assert not finished and statuses[0] is True
+    assert indexes[:100] == list(range(100))  # frame indexes keep counting across loops

@@ -35,6 +35,7 @@ from edged.secrets import MqttSecurity
 log = logging.getLogger("edged.mqtt")
 
 PUBLISH_TIMEOUT_S = 10.0  # an acknowledgement later than this means the connection is dead
+ACK_GRACE_S = 0.05  # after a disconnect, for sends whose acknowledgement already arrived to complete
 INCOMING_QUEUE = 1000  # incoming messages waiting for their handler: a flood of commands cannot grow memory
 _REFUSED_CREDENTIALS = {4, 5, 134, 135}  # MQTT 3.1.1 CONNACK 4/5 and their MQTT 5 reason codes
 
@@ -117,7 +118,8 @@ class Publisher:
                 except* aiomqtt.MqttError as group:
                     self._on_connection_lost(group.exceptions[0])
                 finally:
-                    self._pending.clear()  # their messages are still first in the outbox: sent again
+                    self._retire_acknowledged()
+                    self._pending.clear()  # the rest are still first in the outbox: sent again
                     self.settled.set()
                 if self._closing:
                     return  # not connected at shutdown: what is still queued cannot be delivered
@@ -244,9 +246,7 @@ class Publisher:
             while len(self._pending) < self._config.inflight and len(self._pending) < len(self._outbox):
                 message = self._outbox[len(self._pending)]
                 self._pending.append(tasks.create_task(self._send(client, message)))
-            while self._pending and _succeeded(self._pending[0]):
-                self._pending.popleft()
-                self._outbox.popleft()
+            self._retire_acknowledged()
             if self._closing and not self._outbox and not self._unsent_retained:
                 await self._send(client, Message(self.status_topic, b"offline", 1, True))
                 log.info("MQTT: published offline, disconnecting")
@@ -256,6 +256,12 @@ class Publisher:
             if self._unsent_retained or (self._pending and _succeeded(self._pending[0])):
                 continue
             await self._wake.wait()
+
+    def _retire_acknowledged(self) -> None:
+        """The outbox's first messages leave it once their sends succeeded, in order."""
+        while self._pending and _succeeded(self._pending[0]):
+            self._pending.popleft()
+            self._outbox.popleft()
 
     async def _send(self, client: aiomqtt.Client, message: Message) -> None:
         try:
@@ -278,6 +284,15 @@ class Publisher:
     async def _receive(self, client: aiomqtt.Client) -> None:
         # Also the connection's watchdog: pending acknowledgements never fail on their own when the
         # connection drops (they would just time out); the message iterator raises at once.
+        try:
+            await self._dispatch_incoming(client)
+        except aiomqtt.MqttError:
+            # Acknowledgements read just before the connection closed have woken their sends, which
+            # have not run yet: let them finish first, or their messages would be sent twice.
+            await asyncio.sleep(ACK_GRACE_S)
+            raise
+
+    async def _dispatch_incoming(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             topic = message.topic.value
             handler = next((h for f, h in self._handlers.items() if message.topic.matches(f)), None)

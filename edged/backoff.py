@@ -18,11 +18,6 @@ class Retry:
         self._backoff = backoff
         self._next = backoff.min
 
-    @property
-    def first(self) -> bool:
-        """True until the first wait of an outage has been taken: the moment to warn, once."""
-        return self._next == self._backoff.min
-
     def next_wait(self) -> float:
         wait = self._next
         self._next = min(self._next * 2, self._backoff.max)

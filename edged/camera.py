@@ -217,6 +217,7 @@ class Camera:
         self.reconnects = 0
         self.online = False
         self._reported: bool | None = None  # the status last told to subscribers (None: nothing yet)
+        self._outage_reported = False
         self.last_frame = 0.0  # time.monotonic() of the last frame handed over (0: none yet)
         self.finished = False  # ended by design (a file with `loop: false`) or given up for good
 
@@ -235,8 +236,9 @@ class Camera:
                         log.error("%s; this camera is stopped, the others keep running", error)
                         return
                     self.reconnects += 1
-                    # One warning per outage (the wait resets once frames flow); retries go to debug.
-                    level = logging.WARNING if retry.first else logging.DEBUG
+                    # One warning per outage (frames flowing again end it); the retries go to debug.
+                    level = logging.DEBUG if self._outage_reported else logging.WARNING
+                    self._outage_reported = True
                     wait = retry.next_wait()
                     log.log(level, "%s; offline, retrying in %.1f s", error, wait)
                     await asyncio.sleep(wait)
@@ -277,6 +279,7 @@ class Camera:
                 if not self.online:
                     log.info("camera %s: online (%s)", self.name, self.config.safe_url)
                     retry.reset()
+                    self._outage_reported = False
                     self._set_online(True)
                 self.last_frame = time.monotonic()
                 self.slot.put(Frame(self.name, decoded.index, decoded.captured, decoded.image, decoded.tensor))

@@ -154,7 +154,7 @@ def test_backoff_doubles_to_its_cap_with_jitter_and_resets() -> None:
     for wait, nominal in zip(waits, [1, 2, 4, 8, 16, 30, 30, 30], strict=True):
         assert 0.8 * nominal <= wait <= 1.2 * nominal
     retry.reset()
-    assert retry.first and retry.next_wait() <= 1.2
+    assert retry.next_wait() <= 1.2
 
 
 # -- health -----------------------------------------------------------------------------------------

@@ -210,12 +210,19 @@ class Camera:
             selector = FrameSelector(self.config.fps)
             started = time.time()
             first_index = self._index
+            # A file at full speed waits for detection instead of racing ahead: the next frame is
+            # decoded while the current one waits, and none is decoded only to be shed.
+            paced_by_detection = source.native_fps is not None and not self.config.realtime
             while (
                 decoded := await self._in_thread(self._next_frame, source, selector, started, first_index)
             ) is not None:
-                if decoded.due is not None and (delay := decoded.due - time.time()) > 0:
+                captured = decoded.captured
+                if paced_by_detection:
+                    await self.slot.emptied()
+                    captured = time.time()  # a file frame "arrives" when detection can take it
+                elif decoded.due is not None and (delay := decoded.due - time.time()) > 0:
                     await asyncio.sleep(delay)
-                self.slot.put(Frame(self.name, decoded.index, decoded.captured, decoded.image, decoded.tensor))
+                self.slot.put(Frame(self.name, decoded.index, captured, decoded.image, decoded.tensor))
         finally:
             # Queued behind any read still running in the camera's thread; never blocks the loop.
             self._executor.submit(source.release)

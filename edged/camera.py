@@ -265,6 +265,9 @@ class Camera:
             selector = FrameSelector(self.config.fps)
             started = time.time()
             first_index = self._index
+            # A file at full speed waits for detection instead of racing ahead: the next frame is
+            # decoded while the current one waits, and none is decoded only to be shed.
+            paced_by_detection = source.native_fps is not None and not self.config.realtime
             while True:
                 self._progress = time.monotonic()
                 decoded = await self._watch(
@@ -274,7 +277,11 @@ class Camera:
                 )
                 if decoded is None:
                     return
-                if decoded.due is not None and (delay := decoded.due - time.time()) > 0:
+                captured = decoded.captured
+                if paced_by_detection:
+                    await self.slot.emptied()
+                    captured = time.time()  # a file frame "arrives" when detection can take it
+                elif decoded.due is not None and (delay := decoded.due - time.time()) > 0:
                     await asyncio.sleep(delay)
                 if not self.online:
                     log.info("camera %s: online (%s)", self.name, self.config.safe_url)
@@ -282,7 +289,7 @@ class Camera:
                     self._outage_reported = False
                     self._set_online(True)
                 self.last_frame = time.monotonic()
-                self.slot.put(Frame(self.name, decoded.index, decoded.captured, decoded.image, decoded.tensor))
+                self.slot.put(Frame(self.name, decoded.index, captured, decoded.image, decoded.tensor))
         finally:
             # Queued behind any read still running in that thread: never blocks the loop, and a
             # capture is only ever touched by the thread that opened it.

@@ -26,6 +26,8 @@ from edged.secrets import MqttSecurity, mqtt_security
 log = logging.getLogger("edged")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+SEED_MODEL = "models/face-detection-adas-binary-0001/FP32-INT1/face-detection-adas-binary-0001.xml"
+SCENARIOS = ("max", "memory", "live", "overload", "idle")  # kept in step with edged.bench.suite
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +86,19 @@ def _parser() -> argparse.ArgumentParser:
     verify = models_commands.add_parser("verify", help="check the model files in DIR against the descriptors' sha256")
     verify.add_argument("folder", type=Path, help="folder laid out as <name>/<precision>/<name>.xml (Open Model Zoo)")
     verify.set_defaults(handler=_models_verify)
+
+    shared = Path(os.environ.get("EDGED_TEST_DATA", "../shared"))
+    bench = commands.add_parser("bench", help="measure edged end to end against references, in one run")
+    bench.add_argument("-m", "--model", type=Path, default=shared / SEED_MODEL, help="model .xml (default: the seed)")
+    bench.add_argument("--media", type=Path, default=shared / "media/faces-1080p30.mp4", help="video each camera plays")
+    bench.add_argument("--cameras", type=int, default=4, help="cameras (the overload run uses twice as many)")
+    bench.add_argument("--seconds", type=float, default=20.0, help="measuring window of each run")
+    bench.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated: {', '.join(SCENARIOS)}")
+    bench.add_argument("--no-references", action="store_true", help="skip benchmark_app, ceilings and plain loop")
+    bench.add_argument("--mqtt", help="HOST:PORT of a broker to use (default: a private mosquitto)")
+    bench.add_argument("--soak", type=float, help="length of the overload run in seconds (RSS growth)")
+    bench.add_argument("--json", type=Path, help="also write the report as JSON to this file")
+    bench.set_defaults(handler=_bench)
     return parser
 
 
@@ -141,6 +156,35 @@ def _detect(args: argparse.Namespace) -> int:
         )
     json.dump(results, sys.stdout, indent=1)
     print()
+    return EXIT_OK
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from edged.bench.reference import BenchmarkError
+    from edged.bench.suite import BenchOptions, format_table, run_suite
+
+    scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
+    unknown = set(scenarios) - set(SCENARIOS)
+    if unknown:
+        raise EdgedError(f"--scenarios: unknown {', '.join(sorted(unknown))}; known: {', '.join(SCENARIOS)}")
+    for path, flag in ((args.model, "--model"), (args.media, "--media")):
+        if not path.is_file():
+            raise EdgedError(f"{flag}: {path} not found (set EDGED_TEST_DATA or pass {flag})")
+    mqtt = None
+    if args.mqtt:
+        host, _, port = args.mqtt.rpartition(":")
+        mqtt = (host, int(port))
+    options = BenchOptions(
+        args.model.resolve(), args.media.resolve(), args.cameras, args.seconds, scenarios,
+        not args.no_references, mqtt, args.soak,
+    )  # fmt: skip
+    try:
+        report = run_suite(options, lambda step: print(f"bench: {step} ...", file=sys.stderr, flush=True))
+    except BenchmarkError as error:
+        raise EdgedError(f"bench: {error}") from None
+    print(format_table(report))
+    if args.json:
+        args.json.write_text(report.to_json())
     return EXIT_OK
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,7 +32,9 @@ class Frame:
 class FrameSlot:
     """Latest frame wins: a slow model sheds stale frames instead of queueing them.
 
-    Lives on the event loop (no locks): the camera task puts, the dispatcher takes.
+    Lives on the event loop (no locks): the camera task puts, the dispatcher takes. A source that
+    can wait (a file read as fast as detection goes) awaits `emptied()` instead of being shed, so
+    nothing is decoded only to be thrown away.
     """
 
     def __init__(self, camera: str, on_fresh: Callable[[], None]) -> None:
@@ -40,6 +43,8 @@ class FrameSlot:
         self.paused = False  # detection switched off: frames are dropped here, the camera keeps its stream
         self._frame: Frame | None = None
         self._on_fresh = on_fresh
+        self._empty = asyncio.Event()
+        self._empty.set()
 
     def put(self, frame: Frame) -> None:
         if self.paused:
@@ -47,11 +52,17 @@ class FrameSlot:
         if self._frame is not None:
             self.skipped += 1
         self._frame = frame
+        self._empty.clear()
         self._on_fresh()
 
     def take(self) -> Frame | None:
         frame, self._frame = self._frame, None
+        self._empty.set()
         return frame
+
+    async def emptied(self) -> None:
+        """Wait until the frame put last has been taken (or there is none)."""
+        await self._empty.wait()
 
     @property
     def fresh(self) -> bool:

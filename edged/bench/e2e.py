@@ -1,0 +1,287 @@
+"""edged measured end to end, as users run it: `edged run` in its own process, a real broker, a subscriber.
+
+Figures come from what the subscriber receives (messages, their `latency_ms`) and from /proc for the
+edged process (CPU time, RSS), over a window that starts once every camera has published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from edged.bench.reference import BenchmarkError
+
+PREFIX = "bench"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class CameraSpec:
+    url: str
+    fps: float | None = None
+    realtime: bool = False
+
+
+@dataclass(slots=True)
+class RunResult:
+    """One end-to-end run over its measuring window."""
+
+    name: str
+    cameras: int
+    seconds: float
+    per_camera_fps: dict[str, float]
+    latency_ms: list[float] = field(repr=False)
+    cpu_seconds: float
+    rss_start: int
+    rss_end: int
+    rss_peak: int
+    frames_skipped: int
+    frames_read: int
+
+    @property
+    def fps(self) -> float:
+        return sum(self.per_camera_fps.values())
+
+    def percentile(self, q: float) -> float:
+        if not self.latency_ms:
+            return float("nan")
+        ordered = sorted(self.latency_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    @property
+    def cpu_ms_per_frame(self) -> float:
+        frames = self.fps * self.seconds
+        return 1000 * self.cpu_seconds / frames if frames else float("nan")
+
+    @property
+    def cpu_percent(self) -> float:
+        return 100 * self.cpu_seconds / self.seconds
+
+    @property
+    def fairness(self) -> float:
+        """Largest relative deviation of a camera's fps from the mean (0.05 = within ±5 %)."""
+        rates = list(self.per_camera_fps.values())
+        mean = statistics.fmean(rates) if rates else 0.0
+        return max(abs(rate - mean) / mean for rate in rates) if mean else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "cameras": self.cameras,
+            "seconds": round(self.seconds, 2),
+            "fps": round(self.fps, 2),
+            "per_camera_fps": {k: round(v, 2) for k, v in self.per_camera_fps.items()},
+            "latency_ms": {"p50": self.percentile(0.5), "p99": self.percentile(0.99), "samples": len(self.latency_ms)},
+            "cpu_ms_per_frame": round(self.cpu_ms_per_frame, 2),
+            "cpu_percent": round(self.cpu_percent, 1),
+            "rss_mb": {
+                "start": round(self.rss_start / 2**20, 1),
+                "end": round(self.rss_end / 2**20, 1),
+                "peak": round(self.rss_peak / 2**20, 1),
+            },
+            "rss_growth": round(self.rss_end / self.rss_start - 1, 4) if self.rss_start else None,
+            "frames_read": self.frames_read,
+            "frames_skipped": self.frames_skipped,
+            "fairness": round(self.fairness, 4),
+        }
+
+
+@contextlib.contextmanager
+def broker(host: str | None, port: int | None) -> Iterator[tuple[str, int]]:
+    """The given broker, or a private mosquitto on a free local port so no other traffic disturbs it."""
+    if host is not None and port is not None:
+        yield host, port
+        return
+    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if binary is None:
+        raise BenchmarkError("no mosquitto on this machine: install it or pass --mqtt HOST:PORT")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = int(probe.getsockname()[1])
+    process = subprocess.Popen([binary, "-p", str(free)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", free), timeout=0.2):
+                break
+            time.sleep(0.05)  # blocking-ok: the benchmark's own set-up, no event loop runs here
+        yield "127.0.0.1", free
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def write_config(folder: Path, model: Path, cameras: dict[str, CameraSpec], host: str, port: int) -> Path:
+    lines = [
+        f"mqtt:\n  host: {host}\n  port: {port}\n  topic_prefix: {PREFIX}\n  client_id: edged-bench",
+        "stats:\n  interval: 5",
+        f"model:\n  path: {model}",
+        "cameras:",
+    ]
+    for name, camera in cameras.items():
+        lines.append(f"  {name}:\n    url: {camera.url}\n    realtime: {str(camera.realtime).lower()}")
+        if camera.fps:
+            lines.append(f"    fps: {camera.fps}")
+    path = folder / "edged-bench.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(
+    name: str,
+    model: Path,
+    cameras: dict[str, CameraSpec],
+    seconds: float,
+    mqtt: tuple[str, int],
+    *,
+    warmup: float = 3.0,
+    expect_messages: bool = True,
+) -> RunResult:
+    """`expect_messages=False` for cameras that cannot deliver (the idle run): measure without waiting."""
+    return asyncio.run(_run(name, model, cameras, seconds, mqtt, warmup, expect_messages))
+
+
+async def _run(
+    name: str,
+    model: Path,
+    cameras: dict[str, CameraSpec],
+    seconds: float,
+    mqtt: tuple[str, int],
+    warmup: float,
+    expect_messages: bool,
+) -> RunResult:
+    host, port = mqtt
+    with tempfile.TemporaryDirectory(prefix="edged-bench-") as folder:
+        config = write_config(Path(folder), model, cameras, host, port)
+        async with _subscriber(host, port) as received:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "edged.cli", "--log-level", "warning", "run", "-c", str(config),
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            try:
+                if expect_messages:
+                    await _until_every_camera_publishes(received, cameras, process)
+                await asyncio.sleep(warmup)
+                start = _sample(process.pid)
+                mark = len(received.detections)
+                await asyncio.sleep(seconds)
+                end = _sample(process.pid)
+                window = received.detections[mark:]
+                peak = _peak_rss(process.pid)
+            finally:
+                if process.returncode is None:
+                    process.send_signal(signal.SIGTERM)
+                    await asyncio.wait_for(process.wait(), 15)
+            await asyncio.sleep(0.3)  # the final stats message, published on the way out
+    return _result(name, cameras, window, start, end, peak, received.final_stats, len(cameras))
+
+
+@dataclass(slots=True)
+class _Received:
+    detections: list[tuple[str, float]] = field(default_factory=list)  # (camera, latency_ms)
+    final_stats: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.asynccontextmanager
+async def _subscriber(host: str, port: int) -> AsyncIterator[_Received]:
+    received = _Received()
+    async with aiomqtt.Client(host, port, identifier="edged-bench-subscriber") as client:
+        await client.subscribe(f"{PREFIX}/+/detections")
+        await client.subscribe(f"{PREFIX}/stats")
+
+        async def collect() -> None:
+            async for message in client.messages:
+                body = json.loads(bytes(message.payload))
+                if message.topic.matches(f"{PREFIX}/stats"):
+                    received.final_stats = body
+                else:
+                    received.detections.append((body["camera"], body["latency_ms"]))
+
+        task = asyncio.create_task(collect())
+        try:
+            yield received
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _until_every_camera_publishes(
+    received: _Received, cameras: dict[str, CameraSpec], process: asyncio.subprocess.Process, timeout: float = 120
+) -> None:
+    deadline = time.monotonic() + timeout
+    while {camera for camera, _ in received.detections} != set(cameras):
+        if process.returncode is not None:
+            raise BenchmarkError(f"edged exited with code {process.returncode} before every camera published")
+        if time.monotonic() > deadline:
+            raise BenchmarkError("not every camera published within 120 s")
+        await asyncio.sleep(0.1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    wall: float
+    cpu: float
+    rss: int
+
+
+def _sample(pid: int) -> _Sample:
+    """Wall clock, CPU seconds (all threads, user + system) and resident memory of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (after the comm field)
+    return _Sample(time.monotonic(), cpu, _status_kb(pid, "VmRSS") * 1024)
+
+
+def _peak_rss(pid: int) -> int:
+    return _status_kb(pid, "VmHWM") * 1024
+
+
+def _status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _result(
+    name: str,
+    cameras: dict[str, CameraSpec],
+    window: list[tuple[str, float]],
+    start: _Sample,
+    end: _Sample,
+    peak: int,
+    stats: dict[str, Any],
+    count: int,
+) -> RunResult:
+    seconds = end.wall - start.wall
+    per_camera = {camera: sum(1 for c, _ in window if c == camera) / seconds for camera in cameras}
+    camera_stats = stats.get("cameras", {})
+    return RunResult(
+        name=name,
+        cameras=count,
+        seconds=seconds,
+        per_camera_fps=per_camera,
+        latency_ms=[latency for _, latency in window],
+        cpu_seconds=end.cpu - start.cpu,
+        rss_start=start.rss,
+        rss_end=end.rss,
+        rss_peak=peak,
+        frames_skipped=sum(int(c.get("frames_skipped", 0)) for c in camera_stats.values()),
+        frames_read=sum(int(c.get("frames_read", 0)) for c in camera_stats.values()),
+    )

@@ -1,0 +1,211 @@
+"""`edged bench`: edged and its references measured in one run on one machine, reported as ratios.
+
+References (same model, same media, same run): benchmark_app's throughput; the model alone through
+edged's own compile settings and queue (the inference ceiling); decoding alone (the decode ceiling);
+the plain single-threaded loop (read -> cv2.resize -> synchronous infer). From them, the composed
+limit 1 / (1/decode + 1/inference + resize) is what decode + resize + inference could reach together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edged import __version__
+from edged.bench import e2e, reference
+from edged.bench.e2e import CameraSpec, RunResult
+
+SCENARIOS = ("max", "memory", "live", "overload", "idle")
+REFUSED_STREAM = "rtsp://127.0.0.1:9/none"  # nothing listens on the discard port: a camera that is down
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    model: Path
+    media: Path
+    cameras: int = 4
+    seconds: float = 20.0
+    scenarios: tuple[str, ...] = SCENARIOS
+    references: bool = True
+    mqtt: tuple[str, int] | None = None
+    soak_seconds: float | None = None  # overload run length when set (RSS growth over a long run)
+
+
+@dataclass(slots=True)
+class BenchReport:
+    machine: dict[str, Any]
+    options: dict[str, Any]
+    references: dict[str, Any] = field(default_factory=dict)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "machine": self.machine,
+                "options": self.options,
+                "references": self.references,
+                "runs": self.runs,
+                "ratios": self.ratios,
+            },
+            indent=1,
+        )
+
+
+def run_suite(options: BenchOptions, progress: Callable[[str], None]) -> BenchReport:
+    report = BenchReport(_machine(), {k: str(v) for k, v in asdict(options).items()})
+    if options.references:
+        report.references = _references(options, progress)
+    with e2e.broker(*(options.mqtt or (None, None))) as mqtt, tempfile.TemporaryDirectory() as scratch:
+        for scenario in options.scenarios:
+            progress(f"edged end to end: {scenario}")
+            cameras, seconds = _scenario(scenario, options, Path(scratch))
+            result = e2e.run(scenario, options.model, cameras, seconds, mqtt, expect_messages=scenario != "idle")
+            report.runs[scenario] = result.to_dict()
+    report.ratios = _ratios(report)
+    return report
+
+
+def _references(options: BenchOptions, progress: Callable[[str], None]) -> dict[str, Any]:
+    streams = [options.media] * options.cameras
+    seconds = max(2.0, options.seconds / 2)
+    progress("benchmark_app")
+    app = reference.benchmark_app_fps(options.model, max(2, round(seconds)))
+    progress("inference ceiling (edged's compile settings and queue)")
+    ceiling = reference.inference_ceiling(options.model, seconds)
+    progress("decode ceiling")
+    decode = reference.decode_ceiling(streams, seconds=seconds)
+    resize_ms = _resize_ms(options)
+    progress("plain loop")
+    plain = reference.plain_loop(options.model, streams, max(30, round(min(ceiling.fps, decode.fps) * seconds / 2)))
+    composed = 1.0 / (1.0 / decode.fps + 1.0 / ceiling.fps + resize_ms / 1000.0)
+    return {
+        "benchmark_app_fps": round(app, 2),
+        "inference_ceiling": ceiling.to_dict(),
+        "decode_ceiling": decode.to_dict(),
+        "resize_ms": round(resize_ms, 3),
+        "composed_limit_fps": round(composed, 2),
+        "plain_loop": plain.to_dict(),
+    }
+
+
+def _resize_ms(options: BenchOptions) -> float:
+    """cv2.resize of one media frame to the model's input, as a camera thread does it."""
+    import openvino as ov
+
+    shape = ov.Core().read_model(str(options.model)).inputs[0].get_partial_shape().to_shape()
+    size = (int(shape[3]), int(shape[2]))
+    frame = _first_frame(options.media)
+    out = np.empty((size[1], size[0], 3), np.uint8)
+    started = time.perf_counter()
+    for _ in range(200):
+        cv2.resize(frame, size, dst=out, interpolation=cv2.INTER_LINEAR)
+    return (time.perf_counter() - started) / 200 * 1000
+
+
+def _first_frame(media: Path) -> np.ndarray:
+    capture = cv2.VideoCapture(str(media))
+    ok, frame = capture.read()
+    capture.release()
+    if not ok:
+        raise reference.BenchmarkError(f"{media}: cannot read a frame")
+    return frame
+
+
+def _scenario(name: str, options: BenchOptions, scratch: Path) -> tuple[dict[str, CameraSpec], float]:
+    n, media, seconds = options.cameras, str(options.media), options.seconds
+    if name == "max":  # every camera as fast as the pipeline takes frames
+        return {f"cam{i}": CameraSpec(media) for i in range(n)}, seconds
+    if name == "memory":  # no decoding: each camera repeats one decoded frame held in memory
+        still = scratch / "frame.png"
+        cv2.imwrite(str(still), _first_frame(options.media))
+        return {f"still{i}": CameraSpec(str(still)) for i in range(n)}, seconds
+    if name == "live":  # live load: n cameras at 15 fps in real time
+        return {f"live{i}": CameraSpec(media, fps=15, realtime=True) for i in range(n)}, seconds
+    if name == "overload":  # twice the cameras at their native 30 fps: more than the box can do
+        return {f"busy{i}": CameraSpec(media, realtime=True) for i in range(2 * n)}, options.soak_seconds or seconds
+    if name == "idle":  # cameras down (nothing listens): what edged costs while it waits
+        return {f"down{i}": CameraSpec(REFUSED_STREAM) for i in range(n)}, seconds
+    raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+
+
+def _ratios(report: BenchReport) -> dict[str, float]:
+    refs, runs, ratios = report.references, report.runs, {}
+    if refs and "max" in runs:
+        ratios["edged_vs_composed_limit"] = runs["max"]["fps"] / refs["composed_limit_fps"]
+        ratios["edged_vs_plain_loop"] = runs["max"]["fps"] / refs["plain_loop"]["fps"]
+        ratios["edged_vs_inference_ceiling"] = runs["max"]["fps"] / refs["inference_ceiling"]["fps"]
+    if refs and "memory" in runs:
+        ratios["edged_without_decode_vs_inference_ceiling"] = runs["memory"]["fps"] / refs["inference_ceiling"]["fps"]
+    if refs:
+        ratios["inference_ceiling_vs_benchmark_app"] = refs["inference_ceiling"]["fps"] / refs["benchmark_app_fps"]
+    return {key: round(value, 3) for key, value in ratios.items()}
+
+
+def _machine() -> dict[str, Any]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    import openvino as ov
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "openvino": ov.get_version(),
+        "opencv": cv2.__version__,
+        "edged": __version__,
+        "load_average_at_start": os.getloadavg()[0],
+    }
+
+
+def format_table(report: BenchReport) -> str:
+    lines = [
+        f"machine: {report.machine['cpu']}, {report.machine['cores']} cores, OpenVINO {report.machine['openvino']}"
+    ]
+    refs = report.references
+    if refs:
+        lines += [
+            "",
+            "reference                                   fps   cpu ms/frame",
+            f"benchmark_app -hint throughput       {refs['benchmark_app_fps']:10.1f}",
+            _ref_line("inference ceiling (edged settings)", refs["inference_ceiling"]),
+            _ref_line("decode ceiling", refs["decode_ceiling"]),
+            f"resize to model input                {refs['resize_ms']:10.3f} ms",
+            f"composed limit                       {refs['composed_limit_fps']:10.1f}",
+            _ref_line("plain single-threaded loop", refs["plain_loop"]),
+        ]
+    if report.runs:
+        lines += [
+            "",
+            "edged run      cams     fps  p50 ms  p99 ms  cpu ms/frame  cpu %  skipped  peak RSS MB  fairness",
+        ]
+        for name, run in report.runs.items():
+            latency = run["latency_ms"]
+            lines.append(
+                f"{name:14} {run['cameras']:4} {run['fps']:7.1f} {latency['p50']:7.1f} {latency['p99']:7.1f}"
+                f" {run['cpu_ms_per_frame']:13.2f} {run['cpu_percent']:6.1f} {run['frames_skipped']:8}"
+                f" {run['rss_mb']['peak']:12.1f}  ±{100 * run['fairness']:.1f} %"
+            )
+    if report.ratios:
+        lines += ["", *(f"{key:44} {value:6.3f}" for key, value in report.ratios.items())]
+    return "\n".join(lines)
+
+
+def _ref_line(label: str, figures: dict[str, float]) -> str:
+    return f"{label:36} {figures['fps']:10.1f}   {figures['cpu_ms_per_frame']:.2f}"
+
+
+__all__ = ["SCENARIOS", "BenchOptions", "BenchReport", "RunResult", "format_table", "run_suite"]

@@ -6,10 +6,8 @@ Not timed assertions: the machine is shared and small, so only sanity is checked
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from edged.bench.reference import (
@@ -19,16 +17,22 @@ from edged.bench.reference import (
     decode_ceiling,
     inference_ceiling,
     plain_loop,
-    ssd_boxes,
 )
 
-DATA = Path(os.environ.get("EDGED_TEST_DATA", Path(__file__).resolve().parents[1].parent / "shared"))
-SEED = DATA / "models/face-detection-adas-binary-0001/FP32-INT1/face-detection-adas-binary-0001.xml"
-RETAIL = DATA / "models/face-detection-retail-0004/FP32/face-detection-retail-0004.xml"
-SSH = DATA / "models/ssh-contract-retinaface-mnet025/retinaface-mnet025-ssh-640.xml"
-CLIP = DATA / "media/classroom.mp4"  # 480x270, 62 frames
+SEED = "models/face-detection-adas-binary-0001/FP32-INT1/face-detection-adas-binary-0001.xml"
+RETAIL = "models/face-detection-retail-0004/FP32/face-detection-retail-0004.xml"
+SSH = "models/ssh-contract-retinaface-mnet025/retinaface-mnet025-ssh-640.xml"
+CLIP = "media/classroom.mp4"  # 480x270, 62 frames
 
-pytestmark = pytest.mark.skipif(not SEED.exists(), reason=f"test data not found at {DATA} (EDGED_TEST_DATA)")
+
+@pytest.fixture
+def seed(shared_dir: Path) -> Path:
+    return shared_dir / SEED
+
+
+@pytest.fixture
+def clip(shared_dir: Path) -> Path:
+    return shared_dir / CLIP
 
 
 def assert_sane(result: Throughput, frames: int | None = None) -> None:
@@ -39,8 +43,8 @@ def assert_sane(result: Throughput, frames: int | None = None) -> None:
         assert result.frames == frames
 
 
-def test_benchmark_app_reports_a_throughput() -> None:
-    fps = benchmark_app_fps(SEED, 1)
+def test_benchmark_app_reports_a_throughput(seed: Path) -> None:
+    fps = benchmark_app_fps(seed, 1)
     assert math.isfinite(fps) and fps > 0
 
 
@@ -50,45 +54,41 @@ def test_benchmark_app_failure_is_a_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("model", [SEED, RETAIL, SSH], ids=["ssd-672x384", "ssd-300x300", "ssh-640x640"])
-def test_inference_ceiling_takes_any_input_size(model: Path) -> None:
-    assert_sane(inference_ceiling(model, 0.3))
+def test_inference_ceiling_takes_any_input_size(shared_dir: Path, model: str) -> None:
+    assert_sane(inference_ceiling(shared_dir / model, 0.3))
 
 
-def test_inference_ceiling_with_a_batch_counts_images() -> None:
-    result = inference_ceiling(SEED, 0.3, batch=2, requests=1)
+def test_inference_ceiling_with_a_batch_counts_images(seed: Path) -> None:
+    result = inference_ceiling(seed, 0.3, batch=2, requests=1)  # the seed IR pins batch 1: unpinned
     assert_sane(result)
     assert result.frames % 2 == 0
 
 
-def test_inference_ceiling_with_in_graph_resize() -> None:
-    assert_sane(inference_ceiling(SEED, 0.3, source_size=(480, 270)))
+def test_inference_ceiling_with_in_graph_resize(seed: Path) -> None:
+    assert_sane(inference_ceiling(seed, 0.3, source_size=(480, 270)))
 
 
-def test_decode_ceiling_by_frames_shares_them_among_streams() -> None:
-    assert_sane(decode_ceiling([CLIP, CLIP], frames=31), frames=31)
+def test_decode_ceiling_by_frames_shares_them_among_streams(clip: Path) -> None:
+    assert_sane(decode_ceiling([clip, clip], frames=31), frames=31)
+    assert_sane(decode_ceiling([clip, clip], frames=31, threads=1), frames=31)
 
 
-def test_decode_ceiling_by_seconds_loops_short_files() -> None:
-    result = decode_ceiling([CLIP], seconds=0.3)
+def test_decode_ceiling_needs_a_limit(clip: Path) -> None:
+    with pytest.raises(BenchmarkError, match="limit"):
+        decode_ceiling([clip])
+
+
+def test_decode_ceiling_by_seconds_loops_short_files(clip: Path) -> None:
+    result = decode_ceiling([clip], seconds=0.3)
     assert_sane(result)
     assert result.frames > 62 or result.seconds >= 0.3
 
 
-def test_decode_ceiling_with_pyav() -> None:
-    pytest.importorskip("av")
-    assert_sane(decode_ceiling([CLIP], frames=30, backend="pyav-skip-loop-filter"), frames=30)
+def test_decode_ceiling_with_pyav(clip: Path) -> None:
+    pytest.importorskip("av")  # optional: PyAV is not a dependency of edged
+    assert_sane(decode_ceiling([clip], frames=30, backend="pyav-skip-loop-filter"), frames=30)
 
 
 @pytest.mark.parametrize("model", [SEED, SSH], ids=["ssd", "ssh"])
-def test_plain_loop(model: Path) -> None:
-    assert_sane(plain_loop(model, [CLIP, CLIP], 30), frames=30)
-
-
-def test_ssd_boxes_stops_at_the_end_marker_and_scales() -> None:
-    rows = np.zeros((1, 1, 4, 7), np.float32)
-    rows[0, 0, 0] = [0, 1, 0.9, 0.1, 0.2, 0.3, 0.4]
-    rows[0, 0, 1] = [0, 1, 0.2, 0.0, 0.0, 1.0, 1.0]  # below threshold
-    rows[0, 0, 2] = [-1, 0, 0, 0, 0, 0, 0]
-    rows[0, 0, 3] = [0, 1, 0.9, 0.0, 0.0, 1.0, 1.0]  # after the end marker
-    boxes = ssd_boxes(rows, 100, 50)
-    np.testing.assert_allclose(boxes, [[10, 10, 30, 20, 0.9]], rtol=1e-6)
+def test_plain_loop(shared_dir: Path, clip: Path, model: str) -> None:
+    assert_sane(plain_loop(shared_dir / model, [clip, clip], 30), frames=30)

@@ -1,0 +1,1 @@
+"""Benchmarks: reference measurements (`reference`) that `edged bench` reports beside its own."""

@@ -30,6 +30,8 @@ import numpy as np
 import openvino as ov
 from numpy.typing import NDArray
 
+from edged.decode import Decoder, DecoderSettings, describe_outputs, make_decoder, recognise_family
+
 Frame = NDArray[np.uint8]
 Frames = Generator[Frame, None, None]
 PathLike = str | Path
@@ -371,17 +373,19 @@ def _drain(source: Frames, quota: float, deadline: float) -> int:
 
 
 def plain_loop(model_xml: PathLike, video_paths: Sequence[PathLike], frames: int) -> Throughput:
-    """The baseline: one thread, streams in round robin, read -> cv2.resize -> request.infer -> parse.
+    """The baseline: one thread, streams in round robin, read -> cv2.resize -> request.infer -> decode.
 
     The model gets the same u8 NHWC input as in edged but is compiled for LATENCY (one request in
-    flight, so it may use every core). SSD outputs ([..., 7] rows) are parsed into boxes; other
-    outputs are copied out, which is the least a decoder would do.
+    flight, so it may use every core); outputs are decoded into faces by edged's own decoder for
+    the model's family (SSD, SSH), at confidence 0.5.
     """
     if not video_paths or frames < 1:
         raise BenchmarkError("plain_loop needs at least one video and one frame")
     core = ov.Core()
     model, size = prepare_model(core, model_xml)
-    request = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+    compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+    decoder, output_names = _decoder_for(compiled, size)
+    request = compiled.create_infer_request()
     with ExitStack() as stack:
         sources = [stack.enter_context(closing(frames_of(path))) for path in video_paths]
         resized = np.empty((1, size.height, size.width, 3), np.uint8)
@@ -392,25 +396,13 @@ def plain_loop(model_xml: PathLike, video_paths: Sequence[PathLike], frames: int
             frame = next(sources[index % len(sources)])
             cv2.resize(frame, (size.width, size.height), dst=resized[0], interpolation=cv2.INTER_LINEAR)
             request.infer()
-            _parse(request, frame.shape[1], frame.shape[0])
+            outputs = {name: request.get_tensor(name).data for name in output_names}
+            decoder.decode(outputs, [(frame.shape[1], frame.shape[0])])
         return watch.stop(frames)
 
 
-def _parse(request: ov.InferRequest, width: int, height: int) -> list[NDArray[np.float32]]:
-    return [
-        ssd_boxes(tensor.data, width, height) if tensor.shape[-1] == 7 else np.array(tensor.data)
-        for tensor in request.output_tensors
-    ]
-
-
-def ssd_boxes(rows: NDArray[np.float32], width: int, height: int, threshold: float = 0.5) -> NDArray[np.float32]:
-    """SSD `detection_out` rows -> (K, 5) [x_min, y_min, x_max, y_max, conf] in frame pixels.
-
-    Rows after the first `image_id == -1` are ignored; rows below `threshold` are dropped.
-    """
-    table = rows.reshape(-1, 7)
-    ends = np.flatnonzero(table[:, 0] < 0)
-    table = table[: ends[0]] if ends.size else table
-    table = table[table[:, 2] >= threshold]
-    scale = np.array([width, height, width, height], np.float32)
-    return np.concatenate([table[:, 3:7] * scale, table[:, 2:3]], axis=1).astype(np.float32)
+def _decoder_for(compiled: ov.CompiledModel, size: ModelInput) -> tuple[Decoder, tuple[str, ...]]:
+    outputs = describe_outputs(compiled)
+    names = tuple(name for name, _ in outputs)
+    settings = DecoderSettings((size.width, size.height), confidence=0.5, output_names=names)
+    return make_decoder(recognise_family(outputs), settings), names

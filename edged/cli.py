@@ -97,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-references", action="store_true", help="skip benchmark_app, ceilings and plain loop")
     bench.add_argument("--mqtt", help="HOST:PORT of a broker to use (default: a private mosquitto)")
     bench.add_argument("--soak", type=float, help="length of the overload run in seconds (RSS growth)")
+    bench.add_argument(
+        "--requests", type=int, help="edged's inference requests in flight (default: OpenVINO's optimal + 1)"
+    )
     bench.add_argument("--json", type=Path, help="also write the report as JSON to this file")
     bench.set_defaults(handler=_bench)
     return parser
@@ -176,7 +179,7 @@ def _bench(args: argparse.Namespace) -> int:
         mqtt = (host, int(port))
     options = BenchOptions(
         args.model.resolve(), args.media.resolve(), args.cameras, args.seconds, scenarios,
-        not args.no_references, mqtt, args.soak,
+        not args.no_references, mqtt, args.soak, args.requests,
     )  # fmt: skip
     try:
         report = run_suite(options, lambda step: print(f"bench: {step} ...", file=sys.stderr, flush=True))

@@ -145,6 +145,7 @@ class ModelConfig(_Strict):
     confidence: float | None = Field(default=None, gt=0.0, le=1.0)  # default: the descriptor's, else 0.5
     nms_iou: float | None = Field(default=None, gt=0.0, le=1.0)  # ssh family; default 0.3
     resize: Literal["stretch", "letterbox"] | None = None  # default: the descriptor's, else stretch
+    requests: int | None = Field(default=None, ge=1, le=64)  # in flight; default: OpenVINO's optimal number + 1
 
     @field_validator("path")
     @classmethod

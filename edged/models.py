@@ -41,6 +41,7 @@ class ModelSpec:
     anchors: AnchorConfig | None
     preprocessing: Preprocessing
     descriptor: str | None  # the descriptor that supplied defaults, if any
+    requests: int | None = None  # inference requests in flight; None: OpenVINO's optimal number
 
 
 def models_dir(configured: Path | None) -> Path:
@@ -73,6 +74,7 @@ def resolve(
     nms_iou: float | None,
     resize: Resize | None,
     folder: Path,
+    requests: int | None = None,
 ) -> ModelSpec:
     """Raises ValueError naming the offending key (`models.<key>.…`) and what to do."""
     where = f"models.{key}"
@@ -103,6 +105,7 @@ def resolve(
         anchors=descriptor.anchors.config() if descriptor and descriptor.anchors else None,
         preprocessing=preprocessing,
         descriptor=descriptor.name if descriptor else None,
+        requests=requests,
     )
 
 

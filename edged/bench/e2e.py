@@ -127,11 +127,13 @@ def broker(host: str | None, port: int | None) -> Iterator[tuple[str, int]]:
         process.wait(10)
 
 
-def write_config(folder: Path, model: Path, cameras: dict[str, CameraSpec], host: str, port: int) -> Path:
+def write_config(
+    folder: Path, model: Path, cameras: dict[str, CameraSpec], host: str, port: int, requests: int | None = None
+) -> Path:
     lines = [
         f"mqtt:\n  host: {host}\n  port: {port}\n  topic_prefix: {PREFIX}\n  client_id: edged-bench",
         "stats:\n  interval: 5",
-        f"model:\n  path: {model}",
+        f"model:\n  path: {model}" + (f"\n  requests: {requests}" if requests else ""),
         "cameras:",
     ]
     for name, camera in cameras.items():
@@ -152,9 +154,10 @@ def run(
     *,
     warmup: float = 3.0,
     expect_messages: bool = True,
+    requests: int | None = None,
 ) -> RunResult:
     """`expect_messages=False` for cameras that cannot deliver (the idle run): measure without waiting."""
-    return asyncio.run(_run(name, model, cameras, seconds, mqtt, warmup, expect_messages))
+    return asyncio.run(_run(name, model, cameras, seconds, mqtt, warmup, expect_messages, requests))
 
 
 async def _run(
@@ -165,10 +168,11 @@ async def _run(
     mqtt: tuple[str, int],
     warmup: float,
     expect_messages: bool,
+    requests: int | None,
 ) -> RunResult:
     host, port = mqtt
     with tempfile.TemporaryDirectory(prefix="edged-bench-") as folder:
-        config = write_config(Path(folder), model, cameras, host, port)
+        config = write_config(Path(folder), model, cameras, host, port, requests)
         async with _subscriber(host, port) as received:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "edged.cli", "--log-level", "warning", "run", "-c", str(config),

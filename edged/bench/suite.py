@@ -39,6 +39,7 @@ class BenchOptions:
     references: bool = True
     mqtt: tuple[str, int] | None = None
     soak_seconds: float | None = None  # overload run length when set (RSS growth over a long run)
+    requests: int | None = None  # edged's requests in flight (default: edged's own default)
 
 
 @dataclass(slots=True)
@@ -70,7 +71,15 @@ def run_suite(options: BenchOptions, progress: Callable[[str], None]) -> BenchRe
         for scenario in options.scenarios:
             progress(f"edged end to end: {scenario}")
             cameras, seconds = _scenario(scenario, options, Path(scratch))
-            result = e2e.run(scenario, options.model, cameras, seconds, mqtt, expect_messages=scenario != "idle")
+            result = e2e.run(
+                scenario,
+                options.model,
+                cameras,
+                seconds,
+                mqtt,
+                expect_messages=scenario != "idle",
+                requests=options.requests,
+            )
             report.runs[scenario] = result.to_dict()
     report.ratios = _ratios(report)
     return report
@@ -82,7 +91,7 @@ def _references(options: BenchOptions, progress: Callable[[str], None]) -> dict[
     progress("benchmark_app")
     app = reference.benchmark_app_fps(options.model, max(2, round(seconds)))
     progress("inference ceiling (edged's compile settings and queue)")
-    ceiling = reference.inference_ceiling(options.model, seconds)
+    ceiling = reference.inference_ceiling(options.model, seconds, requests=options.requests or _edged_requests(options))
     progress("decode ceiling")
     decode = reference.decode_ceiling(streams, seconds=seconds)
     resize_ms = _resize_ms(options)
@@ -97,6 +106,15 @@ def _references(options: BenchOptions, progress: Callable[[str], None]) -> dict[
         "composed_limit_fps": round(composed, 2),
         "plain_loop": plain.to_dict(),
     }
+
+
+def _edged_requests(options: BenchOptions) -> int:
+    """The requests in flight edged uses by default (see Engine): OpenVINO's optimal number + 1."""
+    import openvino as ov
+
+    core = ov.Core()
+    model, _ = reference.prepare_model(core, options.model)
+    return reference.optimal_requests(reference.compile_for_throughput(core, model)) + 1
 
 
 def _resize_ms(options: BenchOptions) -> float:

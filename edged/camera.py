@@ -210,6 +210,7 @@ class Camera:
         self._prepare, self._on_status = prepare, on_status
         self._worker = Worker(f"camera-{name}")
         self._index = 0  # frames read from the stream in this run, across reopenings and loops
+        self._behind = 0.0  # seconds a real-time file has fallen behind its own clock (see _next_frame)
         self._progress = time.monotonic()  # last sign of life from the capture thread
         self._size: tuple[int, int] | None = None
         self._size_change_logged = False
@@ -263,7 +264,7 @@ class Camera:
         )
         try:
             selector = FrameSelector(self.config.fps)
-            started = time.time()
+            started, self._behind = time.time(), 0.0
             first_index = self._index
             # A file at full speed waits for detection instead of racing ahead: the next frame is
             # decoded while the current one waits, and none is decoded only to be shed.
@@ -340,9 +341,13 @@ class Camera:
                 stream_time, due = now, None
             else:
                 stream_time = (index - first) / source.native_fps
-                due = started + stream_time if realtime_file else None
+                due = started + self._behind + stream_time if realtime_file else None
                 if due is not None and now - due > 1.0 / source.native_fps:
-                    continue  # a real-time file that fell behind drops frames, as a live camera would
+                    # The box decodes slower than real time: play on from the newest frame, as a live
+                    # stream does, instead of chasing a clock it cannot catch (which would starve
+                    # this camera while cameras that keep up take every turn).
+                    self._behind += now - due
+                    due = now
             if selector.want(stream_time):
                 image = source.retrieve()
                 self._check_size(image)

@@ -15,6 +15,7 @@ from typing import cast
 import cv2
 
 from edged import __version__
+from edged.bench import SCENARIOS
 from edged.config import Config, load_config
 from edged.descriptors import MODELS_DIR_ENV, FileStatus, load_descriptors, verify
 from edged.errors import EdgedError
@@ -27,7 +28,6 @@ log = logging.getLogger("edged")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 SEED_MODEL = "models/face-detection-adas-binary-0001/FP32-INT1/face-detection-adas-binary-0001.xml"
-SCENARIOS = ("max", "memory", "live", "overload", "idle")  # kept in step with edged.bench.suite
 
 
 def main(argv: list[str] | None = None) -> int:

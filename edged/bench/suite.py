@@ -22,10 +22,9 @@ import cv2
 import numpy as np
 
 from edged import __version__
-from edged.bench import e2e, reference
+from edged.bench import SCENARIOS, e2e, reference
 from edged.bench.e2e import CameraSpec, RunResult
 
-SCENARIOS = ("max", "memory", "live", "overload", "idle")
 REFUSED_STREAM = "rtsp://127.0.0.1:9/none"  # nothing listens on the discard port: a camera that is down
 
 

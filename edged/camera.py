@@ -121,10 +121,6 @@ class CaptureSource:
         self._capture.release()
         self._capture = self._open()
         return True
-        # Not seekable (a raw MJPEG or H.264 stream file): loop by opening it again.
-        self._capture.release()
-        self._capture = self._open()
-        return True
 
     def release(self) -> None:
         self._capture.release()

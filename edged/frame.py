@@ -63,7 +63,3 @@ class FrameSlot:
     async def emptied(self) -> None:
         """Wait until the frame put last has been taken (or there is none)."""
         await self._empty.wait()
-
-    @property
-    def fresh(self) -> bool:
-        return self._frame is not None

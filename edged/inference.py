@@ -202,10 +202,6 @@ class Engine:
         faces = self._decoder.decode(outputs, [self._decode_size(width, height)])[0]
         return faces.clamped(width, height) if self._letterbox else faces
 
-    def wait_idle(self) -> None:
-        """Block until every request has completed (used from a thread at shutdown)."""
-        self._queue.wait_all()
-
 
 def _with_preprocessing(model: ov.Model, preprocessing: Preprocessing) -> ov.Model:
     """Let the graph take u8 NHWC BGR frames as OpenCV delivers them and do the rest of the conversion.

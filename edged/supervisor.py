@@ -59,7 +59,6 @@ class Supervisor:
         self._nvr = Nvr(config, self._publisher)  # events, snapshots, stats, metrics, discovery, control
         self._lifecycle = lifecycle or Lifecycle()
         self._seq: dict[str, int] = {}
-        self._camera_online: dict[str, bool] = {}
         self._errors_logged: set[str] = set()
         self._engines: dict[str, Engine] = {}
         self._dispatchers: dict[str, Dispatcher] = {}
@@ -236,10 +235,8 @@ class Supervisor:
     # -- results and statuses -------------------------------------------------------------------
 
     def _on_camera_status(self, camera: str, online: bool) -> None:
+        # Cameras report changes only, and set_retained ignores an unchanged value: no bookkeeping here.
         self._nvr.on_camera_status(camera, online)
-        if self._camera_online.get(camera) == online:
-            return
-        self._camera_online[camera] = online
         topic = f"{self._publisher.prefix}/{camera}/status"
         self._publisher.set_retained(topic, b"online" if online else b"offline", self._config.mqtt.qos.status)
 

@@ -28,6 +28,7 @@ import aiomqtt
 from edged.bench.reference import BenchmarkError
 
 PREFIX = "bench"
+WARMUP_S = 3.0  # from every camera's first message to the start of the measuring window
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -111,20 +112,36 @@ def broker(host: str | None, port: int | None) -> Iterator[tuple[str, int]]:
     binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
     if binary is None:
         raise BenchmarkError("no mosquitto on this machine: install it or pass --mqtt HOST:PORT")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        free = int(probe.getsockname()[1])
-    process = subprocess.Popen([binary, "-p", str(free)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process, free = _start_mosquitto(binary)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", free), timeout=0.2):
-                break
-            time.sleep(0.05)  # blocking-ok: the benchmark's own set-up, no event loop runs here
         yield "127.0.0.1", free
     finally:
         process.terminate()
         process.wait(10)
+
+
+def _start_mosquitto(binary: str, attempts: int = 3) -> tuple[subprocess.Popen[bytes], int]:
+    """Another program may take the free port between probing and binding it: then try another."""
+    problem = ""
+    for _ in range(attempts):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            free = int(probe.getsockname()[1])
+        with tempfile.TemporaryFile() as log:
+            process = subprocess.Popen([binary, "-p", str(free)], stdout=subprocess.DEVNULL, stderr=log)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and process.poll() is None:
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", free), timeout=0.2):
+                    return process, free
+                time.sleep(0.05)  # blocking-ok: the benchmark's own set-up, no event loop runs here
+            process.kill()
+            process.wait()
+            log.seek(0)
+            lines = log.read().decode(errors="replace").strip().splitlines()
+            problem = lines[-1] if lines else problem
+    raise BenchmarkError(
+        f"the private mosquitto did not start ({problem or 'no error printed'}): pass --mqtt HOST:PORT of a broker"
+    )
 
 
 def write_config(
@@ -152,7 +169,7 @@ def run(
     seconds: float,
     mqtt: tuple[str, int],
     *,
-    warmup: float = 3.0,
+    warmup: float = WARMUP_S,
     expect_messages: bool = True,
     requests: int | None = None,
 ) -> RunResult:

@@ -26,6 +26,9 @@ from edged.bench import SCENARIOS, e2e, reference
 from edged.bench.e2e import CameraSpec, RunResult
 
 REFUSED_STREAM = "rtsp://127.0.0.1:9/none"  # nothing listens on the discard port: a camera that is down
+# A soak measures RSS growth from here on: by then every decoder and buffer pool has filled (RSS, sampled
+# every 10 s over 4 minutes of overload, is flat from about 30 s in).
+SOAK_WARMUP_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,7 @@ def run_suite(options: BenchOptions, progress: Callable[[str], None]) -> BenchRe
                 mqtt,
                 expect_messages=scenario != "idle",
                 requests=options.requests,
+                warmup=SOAK_WARMUP_S if scenario == "overload" and options.soak_seconds else e2e.WARMUP_S,
             )
             report.runs[scenario] = result.to_dict()
     report.ratios = _ratios(report)

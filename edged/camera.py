@@ -24,7 +24,7 @@ import cv2
 from edged.backoff import Retry
 from edged.config import CameraConfig
 from edged.errors import EdgedError
-from edged.frame import Frame, FrameSlot, Image
+from edged.frame import BufferPool, Frame, FrameSlot, Image
 from edged.sniff import sniff
 from edged.worker import Worker
 
@@ -54,6 +54,7 @@ class Source(Protocol):
     """A blocking frame source, only ever touched from its camera's thread."""
 
     native_fps: float | None  # frames per second of a file; None for live sources
+    still: bool  # every frame is the same image (prepared for the model once, not per frame)
 
     def grab(self) -> bool:
         """Advance to the next frame without converting it to pixels; False at the end or on error."""
@@ -74,6 +75,9 @@ class CaptureSource:
     def __init__(self, camera: str, config: CameraConfig) -> None:
         self._camera, self._config = camera, config
         self._capture = self._open()
+        self.still = False
+        self._pool = BufferPool()
+        self._shape: tuple[int, ...] | None = None  # of the frames last retrieved
         fps = float(self._capture.get(cv2.CAP_PROP_FPS))
         self.native_fps: float | None = (fps if 0 < fps < 1000 else 25.0) if config.kind == "video" else None
 
@@ -110,9 +114,12 @@ class CaptureSource:
         return bool(self._capture.grab())
 
     def retrieve(self) -> Image:
-        ok, image = self._capture.retrieve()
+        # Into a reused buffer: OpenCV writes into it when the frame has its size, else allocates anew.
+        buffer = self._pool.take(self._shape) if self._shape is not None else None
+        ok, image = self._capture.retrieve(buffer)
         if not ok or image is None:
             raise SourceError(f"camera {self._camera}: a frame could not be decoded from {self._config.safe_url}")
+        self._shape = image.shape
         return cast(Image, image)
 
     def rewind(self) -> bool:
@@ -140,6 +147,7 @@ class ImageSource:
             )
             raise SourceError(f"camera {camera}: {config.url} is not a readable image: {advice}", permanent=True)
         self._image = cast(Image, image)
+        self.still = True
         self.native_fps: float | None = config.fps or IMAGE_DEFAULT_FPS
 
     def grab(self) -> bool:
@@ -210,6 +218,7 @@ class Camera:
         self._progress = time.monotonic()  # last sign of life from the capture thread
         self._size: tuple[int, int] | None = None
         self._size_change_logged = False
+        self._still_tensor: Image | None = None  # a still camera's image, prepared once per opening
         self.frames_read = 0
         self.reconnects = 0
         self.online = False
@@ -260,6 +269,7 @@ class Camera:
         )
         try:
             selector = FrameSelector(self.config.fps)
+            self._still_tensor = None
             started, self._behind = time.time(), 0.0
             first_index = self._index
             # A file at full speed waits for detection instead of racing ahead: the next frame is
@@ -347,7 +357,14 @@ class Camera:
             if selector.want(stream_time):
                 image = source.retrieve()
                 self._check_size(image)
-                return _Decoded(index, now if due is None else due, due, image, self._prepare(image))
+                return _Decoded(index, now if due is None else due, due, image, self._tensor(source, image))
+
+    def _tensor(self, source: Source, image: Image) -> Image:
+        if not source.still:
+            return self._prepare(image)
+        if self._still_tensor is None:
+            self._still_tensor = self._prepare(image)
+        return self._still_tensor
 
     def _check_size(self, image: Image) -> None:
         """Frames may change size (a camera reconfigured mid-stream): accepted, said once.

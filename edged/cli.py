@@ -127,9 +127,11 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from edged.allocator import map_large_blocks
     from edged.supervisor import Supervisor
     from edged.worker import busy_workers
 
+    map_large_blocks()  # before any frame is allocated: RSS stays flat over days (see edged/allocator.py)
     config, security = _validated(args.config)
     asyncio.run(Supervisor(config, security, args.config).run())
     if busy_workers():

@@ -1,8 +1,10 @@
-"""A captured frame, and the one-slot buffer that hands a camera's newest frame to inference."""
+"""A captured frame, the one-slot buffer that hands a camera's newest frame to inference, and the pool
+its pixels are written into."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -63,3 +65,38 @@ class FrameSlot:
     async def emptied(self) -> None:
         """Wait until the frame put last has been taken (or there is none)."""
         await self._empty.wait()
+
+
+POOL_SIZE = 8  # per camera and kind of buffer: slot + requests in flight + a snapshot + the one being filled
+
+
+class BufferPool:
+    """Image buffers a camera thread writes into again once nothing references them any more.
+
+    A 1080p frame is 6 MB: allocating one per frame (30 a second per camera) fragments the C heap, and
+    edged's RSS crept up over a long overload run. A buffer is handed out again only when the pool holds
+    the last reference to it (everyone is done with the frame: slot, inference, publishing, snapshot);
+    when every buffer is still in use a fresh one is allocated, so correctness never depends on the size.
+    Used by one camera thread only; reference counts are read under the GIL.
+    """
+
+    def __init__(self, size: int = POOL_SIZE) -> None:
+        self._buffers: list[Image] = []
+        self._size = size
+        probe = [np.empty(0, np.uint8)]
+        self._unreferenced = sys.getrefcount(probe[0])  # the count of a buffer only the pool holds
+
+    def take(self, shape: tuple[int, ...]) -> Image:
+        """A buffer of this shape that nobody else references (its contents are stale)."""
+        buffers, stale = self._buffers, None
+        for index in range(len(buffers)):
+            if sys.getrefcount(buffers[index]) == self._unreferenced:
+                if buffers[index].shape == shape:
+                    return buffers[index]
+                stale = index  # free, but of a size the camera no longer delivers
+        buffer: Image = np.empty(shape, np.uint8)
+        if len(buffers) < self._size:
+            buffers.append(buffer)
+        elif stale is not None:
+            buffers[stale] = buffer
+        return buffer

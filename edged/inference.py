@@ -25,7 +25,7 @@ from openvino.preprocess import ColorFormat, PrePostProcessor
 
 from edged.decode import Decoder, DecoderSettings, Faces, FrameSize, make_decoder, recognise_family
 from edged.errors import ModelError
-from edged.frame import Frame, Image
+from edged.frame import BufferPool, Frame, Image
 from edged.models import ModelSpec, Preprocessing
 
 log = logging.getLogger("edged.inference")
@@ -150,20 +150,29 @@ class Engine:
     def requests(self) -> int:
         return len(self._queue)
 
-    def prepare(self, image: Image) -> Image:
-        """Shape a source frame for this model; runs in the camera's thread."""
+    def preparer(self) -> Callable[[Image], Image]:
+        """`prepare` for one camera's thread, writing into that camera's own reused input buffers."""
+        pool = BufferPool()
+        input_width, input_height = self.input_size
+        return lambda image: self.prepare(image, pool.take((input_height, input_width, 3)))
+
+    def prepare(self, image: Image, out: Image | None = None) -> Image:
+        """Shape a source frame for this model (into `out`, whose contents are overwritten, if given)."""
         height, width = image.shape[:2]
         if (width, height) == self.input_size:
             return image
-        if not self._letterbox:
-            return cast(Image, cv2.resize(image, self.input_size, interpolation=cv2.INTER_LINEAR))
-        # Keep the aspect ratio, pad at the bottom/right: boxes then map back with a single scale.
         input_width, input_height = self.input_size
+        if out is None:
+            out = np.empty((input_height, input_width, 3), np.uint8)
+        if not self._letterbox:
+            return cast(Image, cv2.resize(image, self.input_size, dst=out, interpolation=cv2.INTER_LINEAR))
+        # Keep the aspect ratio, pad at the bottom/right: boxes then map back with a single scale.
         scale = min(input_width / width, input_height / height)
         inner = (min(input_width, round(width * scale)), min(input_height, round(height * scale)))
-        canvas = np.zeros((input_height, input_width, 3), np.uint8)
-        canvas[: inner[1], : inner[0]] = cv2.resize(image, inner, interpolation=cv2.INTER_LINEAR)
-        return canvas
+        out[: inner[1], : inner[0]] = cv2.resize(image, inner, interpolation=cv2.INTER_LINEAR)
+        out[inner[1] :, :] = 0
+        out[: inner[1], inner[0] :] = 0
+        return out
 
     def _decode_size(self, width: int, height: int) -> FrameSize:
         """The size the decoder scales the model's input back to: the padded frame when letterboxed."""

@@ -165,7 +165,7 @@ class Supervisor:
             log.error("camera %s: its model %s is not running: restart edged to compile it", name, model)
             return
         slot = self._dispatchers[model].add_camera(name)
-        camera = Camera(name, config.cameras[name], slot, self._engines[model].prepare, self._on_camera_status)
+        camera = Camera(name, config.cameras[name], slot, self._engines[model].preparer(), self._on_camera_status)
         self._nvr.add_camera(name, camera, slot, model)
         task = self._tasks.create_task(self._guard(camera.run(), f"camera {name}"), name=f"camera-{name}")
         task.add_done_callback(lambda _task: self._stop_if_all_finished())

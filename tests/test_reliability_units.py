@@ -254,6 +254,7 @@ class _ResizingSource:
     """A live source whose frames switch from 320x240 to 640x360 after five frames."""
 
     native_fps = None
+    still = False
 
     def __init__(self) -> None:
         self.count = 0

@@ -28,6 +28,7 @@ import aiomqtt
 from edged.bench.reference import BenchmarkError
 
 PREFIX = "bench"
+RSS_SAMPLE_S = 5.0
 WARMUP_S = 3.0  # from every camera's first message to the start of the measuring window
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -49,8 +50,7 @@ class RunResult:
     per_camera_fps: dict[str, float]
     latency_ms: list[float] = field(repr=False)
     cpu_seconds: float
-    rss_start: int
-    rss_end: int
+    rss_samples: list[int] = field(repr=False)  # RSS every RSS_SAMPLE_S over the window
     rss_peak: int
     frames_skipped: int
     frames_read: int
@@ -75,6 +75,18 @@ class RunResult:
         return 100 * self.cpu_seconds / self.seconds
 
     @property
+    def rss_growth(self) -> float:
+        """Mean RSS over the last fifth of the window against the first fifth.
+
+        Not the last sample against the first: RSS swings by several percent within seconds as
+        multi-megabyte frame buffers are mapped and unmapped, so two samples measure the swing.
+        """
+        samples = self.rss_samples
+        part = max(1, len(samples) // 5)
+        first, last = statistics.fmean(samples[:part]), statistics.fmean(samples[-part:])
+        return round(last / first - 1, 4)
+
+    @property
     def fairness(self) -> float:
         """Largest relative deviation of a camera's fps from the mean (0.05 = within ±5 %)."""
         rates = list(self.per_camera_fps.values())
@@ -92,11 +104,13 @@ class RunResult:
             "cpu_ms_per_frame": round(self.cpu_ms_per_frame, 2),
             "cpu_percent": round(self.cpu_percent, 1),
             "rss_mb": {
-                "start": round(self.rss_start / 2**20, 1),
-                "end": round(self.rss_end / 2**20, 1),
+                "start": round(self.rss_samples[0] / 2**20, 1),
+                "end": round(self.rss_samples[-1] / 2**20, 1),
+                "min": round(min(self.rss_samples) / 2**20, 1),
+                "max": round(max(self.rss_samples) / 2**20, 1),
                 "peak": round(self.rss_peak / 2**20, 1),
             },
-            "rss_growth": round(self.rss_end / self.rss_start - 1, 4) if self.rss_start else None,
+            "rss_growth": self.rss_growth,
             "frames_read": self.frames_read,
             "frames_skipped": self.frames_skipped,
             "fairness": round(self.fairness, 4),
@@ -201,7 +215,7 @@ async def _run(
                 await asyncio.sleep(warmup)
                 start = _sample(process.pid)
                 mark = len(received.detections)
-                await asyncio.sleep(seconds)
+                rss = await _rss_over(process.pid, seconds)
                 end = _sample(process.pid)
                 window = received.detections[mark:]
                 peak = _peak_rss(process.pid)
@@ -210,7 +224,7 @@ async def _run(
                     process.send_signal(signal.SIGTERM)
                     await asyncio.wait_for(process.wait(), 15)
             await asyncio.sleep(0.3)  # the final stats message, published on the way out
-    return _result(name, cameras, window, start, end, peak, received.final_stats, len(cameras))
+    return _result(name, cameras, window, start, end, [start.rss, *rss, end.rss], peak, received.final_stats)
 
 
 @dataclass(slots=True)
@@ -269,6 +283,16 @@ def _sample(pid: int) -> _Sample:
     return _Sample(time.monotonic(), cpu, _status_kb(pid, "VmRSS") * 1024)
 
 
+async def _rss_over(pid: int, seconds: float) -> list[int]:
+    """Sleep for `seconds`, sampling the process's RSS every RSS_SAMPLE_S meanwhile."""
+    samples, deadline = [], time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(min(RSS_SAMPLE_S, left))
+        if left > RSS_SAMPLE_S:
+            samples.append(_status_kb(pid, "VmRSS") * 1024)
+    return samples
+
+
 def _peak_rss(pid: int) -> int:
     return _status_kb(pid, "VmHWM") * 1024
 
@@ -286,22 +310,21 @@ def _result(
     window: list[tuple[str, float]],
     start: _Sample,
     end: _Sample,
+    rss_samples: list[int],
     peak: int,
     stats: dict[str, Any],
-    count: int,
 ) -> RunResult:
     seconds = end.wall - start.wall
     per_camera = {camera: sum(1 for c, _ in window if c == camera) / seconds for camera in cameras}
     camera_stats = stats.get("cameras", {})
     return RunResult(
         name=name,
-        cameras=count,
+        cameras=len(cameras),
         seconds=seconds,
         per_camera_fps=per_camera,
         latency_ms=[latency for _, latency in window],
         cpu_seconds=end.cpu - start.cpu,
-        rss_start=start.rss,
-        rss_end=end.rss,
+        rss_samples=rss_samples,
         rss_peak=peak,
         frames_skipped=sum(int(c.get("frames_skipped", 0)) for c in camera_stats.values()),
         frames_read=sum(int(c.get("frames_read", 0)) for c in camera_stats.values()),

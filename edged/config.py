@@ -145,7 +145,8 @@ class ModelConfig(_Strict):
     confidence: float | None = Field(default=None, gt=0.0, le=1.0)  # default: the descriptor's, else 0.5
     nms_iou: float | None = Field(default=None, gt=0.0, le=1.0)  # ssh family; default 0.3
     resize: Literal["stretch", "letterbox"] | None = None  # default: the descriptor's, else stretch
-    requests: int | None = Field(default=None, ge=1, le=64)  # in flight; default: OpenVINO's optimal number + 1
+    # In flight. Default: OpenVINO's optimal number, + 1 when a camera of the model is a file at full speed.
+    requests: int | None = Field(default=None, ge=1, le=64)
 
     @field_validator("path")
     @classmethod
@@ -190,6 +191,11 @@ class CameraConfig(_Strict):
     @property
     def kind(self) -> SourceKind:
         return source_kind(self.url)
+
+    @property
+    def waits_for_detection(self) -> bool:
+        """A file read as fast as detection goes (`realtime: false`): throughput, not latency, is its measure."""
+        return self.kind in ("video", "image") and not self.realtime
 
     @property
     def safe_url(self) -> str:
@@ -307,6 +313,10 @@ class Config(_Strict):
 
     def model_of(self, camera: str) -> str:
         return self.cameras[camera].model or next(iter(self.models))
+
+    def throughput_bound(self, model: str) -> bool:
+        """Some camera of `model` is a file read at full speed: it gets a request more in flight."""
+        return any(camera.waits_for_detection for name, camera in self.cameras.items() if self.model_of(name) == model)
 
 
 def source_kind(url: str) -> SourceKind:

@@ -118,7 +118,10 @@ class Supervisor:
         used = list(dict.fromkeys(self._config.model_of(camera) for camera in self._config.cameras))
         for unused in specs.keys() - set(used):
             log.info("model %s is used by no camera: not compiled", unused)
-        engines = await asyncio.gather(*(asyncio.to_thread(Engine, specs[name]) for name in used))
+        config = self._config
+        engines = await asyncio.gather(
+            *(asyncio.to_thread(Engine, specs[name], throughput_bound=config.throughput_bound(name)) for name in used)
+        )
         return dict(zip(used, engines, strict=True))
 
     async def _wait_for_broker(self) -> None:

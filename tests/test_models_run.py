@@ -16,6 +16,7 @@ from tests.support.mqtt import Subscriber
 from tests.test_run import SEED, Edged
 
 SSH = "ssh-contract-retinaface-mnet025"
+RETAIL = "models/face-detection-retail-0004/FP32/face-detection-retail-0004.xml"
 
 
 def detect(*args: str) -> list[dict[str, Any]]:
@@ -98,6 +99,32 @@ def test_run_with_two_models_at_once_each_message_names_its_model(
         assert len(with_faces) >= 0.8 * len(messages), camera
     lobby = subscriber.json_messages("edged/lobby-ssh/detections")
     assert sum(len(m["faces"]) == 2 for m in lobby) >= 0.5 * len(lobby)  # both faces of the clip
+
+
+@pytest.mark.slow
+def test_a_model_of_live_cameras_keeps_one_request_fewer_in_flight_than_a_model_of_files_at_full_speed(
+    tmp_path: Path, shared_dir: Path, broker: Mosquitto
+) -> None:
+    """Latency for live cameras, throughput for files read as fast as detection goes (same model file)."""
+    model, clip = shared_dir / RETAIL, shared_dir / "media/classroom.mp4"
+    config = tmp_path / "edged.yaml"
+    config.write_text(
+        f"mqtt:\n  host: {broker.host}\n  port: {broker.port}\n"
+        "stats:\n  interval: 1\n"
+        f"models:\n  batch:\n    path: {model}\n  live:\n    path: {model}\n"
+        "cameras:\n"
+        f"  replay:\n    url: {clip}\n    realtime: false\n    model: batch\n"
+        f"  door:\n    url: {clip}\n    model: live\n"
+    )
+    with Subscriber(broker.host, broker.port, "edged/stats") as subscriber:
+        edged = Edged(config, tmp_path / "edged.log")
+        try:
+            stats = subscriber.wait_for_message("edged/stats", lambda m: bool(m.json()["models"]), timeout=90).json()
+        finally:
+            edged.close()
+
+    models = stats["models"]
+    assert models["batch"]["requests"] == models["live"]["requests"] + 1 >= 2
 
 
 def edged_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -18,12 +18,16 @@ log = logging.getLogger("edged")
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter, from glibc's <malloc.h>
 LARGE_BLOCK = 1 << 20
-ENVIRONMENT_SETTING = "MALLOC_MMAP_THRESHOLD_"  # glibc's own tunable: an operator's choice wins
+
+
+def _set_by_operator() -> bool:
+    """glibc's own settings in the environment: an operator's choice wins."""
+    return "MALLOC_MMAP_THRESHOLD_" in os.environ or "malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", "")
 
 
 def map_large_blocks() -> None:
     """Fix glibc's mmap threshold at 1 MB, unless the environment sets it; a no-op on other C libraries."""
-    if ENVIRONMENT_SETTING in os.environ:
+    if _set_by_operator():
         return
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:  # musl and others: they have no such threshold to tune

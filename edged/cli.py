@@ -131,7 +131,7 @@ def _run(args: argparse.Namespace) -> int:
     from edged.supervisor import Supervisor
     from edged.worker import busy_workers
 
-    map_large_blocks()  # before any frame is allocated: RSS stays flat over days (see edged/allocator.py)
+    map_large_blocks()  # before any frame is allocated: RSS stays flat instead of creeping (edged/allocator.py)
     config, security = _validated(args.config)
     asyncio.run(Supervisor(config, security, args.config).run())
     if busy_workers():

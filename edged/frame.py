@@ -67,7 +67,9 @@ class FrameSlot:
         await self._empty.wait()
 
 
-POOL_SIZE = 8  # per camera and kind of buffer: slot + requests in flight + a snapshot + the one being filled
+# At most this many buffers per pool; a pool only grows to what is in use at once (slot, frames in flight and
+# kept by idle requests, results awaiting an older frame, snapshots, the frame being filled).
+POOL_SIZE = 16
 
 
 class BufferPool:
@@ -77,7 +79,8 @@ class BufferPool:
     edged's RSS crept up over a long overload run. A buffer is handed out again only when the pool holds
     the last reference to it (everyone is done with the frame: slot, inference, publishing, snapshot);
     when every buffer is still in use a fresh one is allocated, so correctness never depends on the size.
-    Used by one camera thread only; reference counts are read under the GIL.
+    Used by one thread only (two threads could both find the same buffer free); reference counts are read
+    under the GIL, with `buffers[index]` as calibrated: a loop variable would hold one more reference.
     """
 
     def __init__(self, size: int = POOL_SIZE) -> None:

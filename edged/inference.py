@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -158,10 +159,18 @@ class Engine:
         return len(self._queue)
 
     def preparer(self) -> Callable[[Image], Image]:
-        """`prepare` for one camera's thread, writing into that camera's own reused input buffers."""
-        pool = BufferPool()
+        """`prepare` for one camera, writing into reused input buffers: a pool per thread, since a camera
+        that abandoned a stalled thread has two for a while."""
+        pools = threading.local()
         input_width, input_height = self.input_size
-        return lambda image: self.prepare(image, pool.take((input_height, input_width, 3)))
+        shape = (input_height, input_width, 3)
+
+        def prepare(image: Image) -> Image:
+            if (pool := getattr(pools, "pool", None)) is None:
+                pool = pools.pool = BufferPool()
+            return self.prepare(image, pool.take(shape))
+
+        return prepare
 
     def prepare(self, image: Image, out: Image | None = None) -> Image:
         """Shape a source frame for this model (into `out`, whose contents are overwritten, if given)."""

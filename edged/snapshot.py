@@ -30,7 +30,7 @@ BOX_COLOUR = (0, 255, 0)  # BGR
 @dataclass(frozen=True, slots=True)
 class SnapshotRequest:
     camera: str
-    image: Image  # the source frame; never written to (the camera allocates a new one per frame)
+    image: Image  # the source frame; never written to (while referenced here, its camera's pool does not reuse it)
     boxes: FloatArray  # (K, 4) every face of the frame, source pixels
     focus: tuple[float, float, float, float]  # the best face: the crop centre
 

@@ -10,6 +10,10 @@ import numpy as np
 from edged.camera import CaptureSource
 from edged.config import CameraConfig
 from edged.frame import BufferPool
+from edged.inference import Engine
+from edged.models import resolve
+
+RETAIL = "models/face-detection-retail-0004/FP32/face-detection-retail-0004.xml"
 
 
 def test_a_buffer_is_handed_out_again_once_nothing_references_it() -> None:
@@ -36,21 +40,44 @@ def test_a_buffer_of_another_size_is_not_handed_out() -> None:
 
 
 def test_frames_read_into_reused_buffers_keep_their_own_pixels(shared_dir: Path) -> None:
-    """A frame kept by a subscriber of the pipeline (say, a snapshot being encoded) is not overwritten
-    by the frames read after it."""
+    """Frames the pipeline still holds (say, one whose snapshot is being encoded) are not overwritten by the
+    frames read after them, while the frames everyone is done with are written over."""
     video = shared_dir / "media" / "faces-1080p30.mp4"
     source = CaptureSource("door", CameraConfig(url=str(video)))
     reference = cv2.VideoCapture(str(video))
     try:
-        kept = []
-        for _ in range(30):
+        kept, addresses = [], set()
+        for index in range(30):
             assert source.grab()
             image = source.retrieve()
             ok, expected = reference.read()
             assert ok and np.array_equal(image, expected)
-            kept.append((image, expected))
+            addresses.add(image.ctypes.data)
+            if index % 5 == 0:
+                kept.append((image, expected))
             del image
         assert all(np.array_equal(image, expected) for image, expected in kept)
+        assert len(addresses) < 30  # the frames dropped were written over
     finally:
         source.release()
         reference.release()
+
+
+def test_frames_resized_into_reused_buffers_keep_their_own_pixels(shared_dir: Path) -> None:
+    spec = resolve(
+        "retail", path=shared_dir / RETAIL, name=None, precision=None, device="CPU", confidence=None,
+        nms_iou=None, resize=None, folder=shared_dir / "models",
+    )  # fmt: skip
+    engine = Engine(spec)
+    prepare = engine.preparer()
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (360, 640, 3), np.uint8) for _ in range(12)]
+    kept, addresses = [], set()
+    for index, image in enumerate(images):
+        tensor = prepare(image)
+        addresses.add(tensor.ctypes.data)
+        if index % 3 == 0:
+            kept.append((tensor, image))
+        del tensor
+    assert all(np.array_equal(tensor, engine.prepare(image)) for tensor, image in kept)
+    assert len(addresses) < len(images)

@@ -84,7 +84,7 @@ class RunResult:
         samples = self.rss_samples
         part = max(1, len(samples) // 5)
         first, last = statistics.fmean(samples[:part]), statistics.fmean(samples[-part:])
-        return round(last / first - 1, 4)
+        return round(last / first - 1, 4) if first else float("nan")
 
     @property
     def fairness(self) -> float:
@@ -146,7 +146,8 @@ def _start_mosquitto(binary: str, attempts: int = 3) -> tuple[subprocess.Popen[b
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and process.poll() is None:
                 with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", free), timeout=0.2):
-                    return process, free
+                    if process.poll() is None:  # ours, not another program that took the port
+                        return process, free
                 time.sleep(0.05)  # blocking-ok: the benchmark's own set-up, no event loop runs here
             process.kill()
             process.wait()
@@ -289,7 +290,10 @@ async def _rss_over(pid: int, seconds: float) -> list[int]:
     while (left := deadline - time.monotonic()) > 0:
         await asyncio.sleep(min(RSS_SAMPLE_S, left))
         if left > RSS_SAMPLE_S:
-            samples.append(_status_kb(pid, "VmRSS") * 1024)
+            try:
+                samples.append(_status_kb(pid, "VmRSS") * 1024)
+            except FileNotFoundError:
+                raise BenchmarkError("edged exited during the measurement: run `edged run` on its config") from None
     return samples
 
 

@@ -26,8 +26,8 @@ from edged.bench import SCENARIOS, e2e, reference
 from edged.bench.e2e import CameraSpec, RunResult
 
 REFUSED_STREAM = "rtsp://127.0.0.1:9/none"  # nothing listens on the discard port: a camera that is down
-# A soak measures RSS growth from here on: by then every decoder and buffer pool has filled (RSS, sampled
-# every 10 s over 4 minutes of overload, is flat from about 30 s in).
+# A soak measures RSS growth from this far in: by then every decoder and buffer pool has filled (over a
+# 10-minute overload run, RSS sampled every 10 s was flat from about 30 s in; docs/performance-notes.md).
 SOAK_WARMUP_S = 60.0
 
 

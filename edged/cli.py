@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--mqtt", help="HOST:PORT of a broker to use (default: a private mosquitto)")
     bench.add_argument("--soak", type=float, help="length of the overload run in seconds (RSS growth)")
     bench.add_argument(
-        "--requests", type=int, help="edged's inference requests in flight (default: OpenVINO's optimal + 1)"
+        "--requests", type=int, help="edged's inference requests in flight (default: edged's own, see README)"
     )
     bench.add_argument("--json", type=Path, help="also write the report as JSON to this file")
     bench.set_defaults(handler=_bench)

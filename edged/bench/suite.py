@@ -112,7 +112,7 @@ def _references(options: BenchOptions, progress: Callable[[str], None]) -> dict[
 
 
 def _edged_requests(options: BenchOptions) -> int:
-    """The requests in flight edged uses by default (see Engine): OpenVINO's optimal number + 1."""
+    """The requests in flight edged uses by default for files at full speed, as in the max run (see Engine)."""
     import openvino as ov
 
     core = ov.Core()

@@ -43,3 +43,20 @@ def test_bench_refuses_an_unknown_scenario_in_one_line(shared_dir: Path) -> None
 
     assert result.returncode == 2
     assert "--scenarios: unknown warp" in result.stderr
+
+
+def test_bench_whose_edged_cannot_start_says_why_in_one_line(tmp_path: Path, shared_dir: Path) -> None:
+    broken = tmp_path / "broken.xml"
+    broken.write_text("<net><layers")
+    broken.with_suffix(".bin").write_bytes(b"")
+    command = [
+        sys.executable, "-m", "edged.cli", "bench", "--no-references", "--scenarios", "max", "--seconds", "1",
+        "--model", str(broken), "--media", str(shared_dir / "media/classroom.mp4"),
+    ]  # fmt: skip
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 2
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("edged:")]
+    assert "edged exited with code 2 before every camera published" in line
+    assert f"model {broken}: not a valid OpenVINO IR file" in line
+    assert "Traceback" not in result.stderr

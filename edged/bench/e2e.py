@@ -205,11 +205,13 @@ async def _run(
     host, port = mqtt
     with tempfile.TemporaryDirectory(prefix="edged-bench-") as folder:
         config = write_config(Path(folder), model, cameras, host, port, requests)
+        log = Path(folder) / "edged.log"
         async with _subscriber(host, port) as received:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "edged.cli", "--log-level", "warning", "run", "-c", str(config),
-                stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            with log.open("wb") as stderr:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "edged.cli", "--log-level", "warning", "run", "-c", str(config),
+                    stderr=stderr,
+                )  # fmt: skip
             try:
                 if expect_messages:
                     await _until_every_camera_publishes(received, cameras, process)
@@ -220,6 +222,8 @@ async def _run(
                 end = _sample(process.pid)
                 window = received.detections[mark:]
                 peak = _peak_rss(process.pid)
+            except BenchmarkError as error:
+                raise BenchmarkError(f"{error}; edged's last words: {_last_line(log)}") from None
             finally:
                 if process.returncode is None:
                     process.send_signal(signal.SIGTERM)
@@ -293,8 +297,13 @@ async def _rss_over(pid: int, seconds: float) -> list[int]:
             try:
                 samples.append(_status_kb(pid, "VmRSS") * 1024)
             except FileNotFoundError:
-                raise BenchmarkError("edged exited during the measurement: run `edged run` on its config") from None
+                raise BenchmarkError("edged exited during the measurement") from None
     return samples
+
+
+def _last_line(log: Path) -> str:
+    lines = log.read_text(errors="replace").strip().splitlines()
+    return lines[-1] if lines else "(nothing)"
 
 
 def _peak_rss(pid: int) -> int:

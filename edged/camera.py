@@ -72,10 +72,11 @@ class Source(Protocol):
 class CaptureSource:
     """Video files, RTSP, HTTP MJPEG and V4L2 devices through OpenCV's VideoCapture."""
 
+    still = False
+
     def __init__(self, camera: str, config: CameraConfig) -> None:
         self._camera, self._config = camera, config
         self._capture = self._open()
-        self.still = False
         self._pool = BufferPool()
         self._shape: tuple[int, ...] | None = None  # of the frames last retrieved
         fps = float(self._capture.get(cv2.CAP_PROP_FPS))
@@ -136,6 +137,8 @@ class CaptureSource:
 class ImageSource:
     """A still image as a camera: the same frame, repeated at `fps` (default 1/s)."""
 
+    still = True
+
     def __init__(self, camera: str, config: CameraConfig) -> None:
         image = cv2.imread(config.url, cv2.IMREAD_COLOR)
         if image is None:
@@ -147,7 +150,6 @@ class ImageSource:
             )
             raise SourceError(f"camera {camera}: {config.url} is not a readable image: {advice}", permanent=True)
         self._image = cast(Image, image)
-        self.still = True
         self.native_fps: float | None = config.fps or IMAGE_DEFAULT_FPS
 
     def grab(self) -> bool:

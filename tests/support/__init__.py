@@ -7,12 +7,15 @@ the same code paths as production (reconnects, TLS, authentication, frame pacing
 from __future__ import annotations
 
 import atexit
+import signal
 import socket
 import subprocess
 import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 LOCALHOST = "127.0.0.1"
 
@@ -71,3 +74,58 @@ def tail(path: Path, max_chars: int = 20_000) -> str:
     except FileNotFoundError:
         return ""
     return text[-max_chars:]
+
+
+class ServerProcess:
+    """What a server run as a child process shares: its state, stop and kill, and `with` support.
+
+    Subclasses start it (setting ``_process``), and say in ``close()`` what else goes with it.
+    """
+
+    _process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self, timeout: float = 10.0) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop (SIGTERM), as systemd or an operator would."""
+        self._end(signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        """Abrupt death (SIGKILL): clients get no goodbye, nothing is saved."""
+        self._end(signal.SIGKILL, 10.0)
+
+    def _end(self, signum: signal.Signals, timeout: float) -> None:
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signum)
+        self._signalled(process)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def _signalled(self, process: subprocess.Popen[bytes]) -> None:
+        """After the stop signal was sent, before waiting for the process to end."""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -16,9 +16,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
-from . import LOCALHOST, free_port, port_accepts, tail, track_child, wait_until
+from . import LOCALHOST, ServerProcess, free_port, port_accepts, tail, track_child, wait_until
 
 MOSQUITTO = os.environ.get("EDGED_MOSQUITTO", "/usr/sbin/mosquitto")
 MOSQUITTO_PASSWD = os.environ.get("EDGED_MOSQUITTO_PASSWD", "mosquitto_passwd")
@@ -109,7 +108,7 @@ def make_password_file(path: Path, users: Mapping[str, str]) -> None:
             raise BrokerError(f"mosquitto_passwd failed for {name!r}:\n{result.stdout}{result.stderr}")
 
 
-class Mosquitto:
+class Mosquitto(ServerProcess):
     """A mosquitto process with a generated config.
 
     - ``port``: plain MQTT listener (always present).
@@ -148,7 +147,7 @@ class Mosquitto:
         self._tls_files = make_tls_files(self.workdir / "tls") if tls else None
         if self.users:
             make_password_file(self.workdir / "passwords", self.users)
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process = None
 
     # --- TLS material for clients -------------------------------------------------------------
 
@@ -172,14 +171,6 @@ class Mosquitto:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
     def start(self, timeout: float = 10.0) -> None:
         """Start on fresh free ports the first time, on the same ports afterwards."""
         if self.running:
@@ -198,14 +189,6 @@ class Mosquitto:
                 if attempt == attempts - 1:
                     raise
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Graceful stop (SIGTERM), as systemd or an operator would; persistence is saved."""
-        self._end(signal.SIGTERM, timeout)
-
-    def kill(self) -> None:
-        """Abrupt death (SIGKILL): no DISCONNECT to clients, nothing saved."""
-        self._end(signal.SIGKILL, 10.0)
-
     def restart(self, *, graceful: bool = True, downtime: float = 0.0, timeout: float = 10.0) -> None:
         """Stop (or kill) and start again on the same ports, optionally staying down a while."""
         if graceful:
@@ -221,15 +204,6 @@ class Mosquitto:
         self.stop()
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Mosquitto:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def log_text(self) -> str:
         """Broker log plus anything mosquitto printed before its log file was open."""
@@ -256,17 +230,6 @@ class Mosquitto:
         if not (ready and self.running):
             self._end(signal.SIGKILL, 5.0)
             raise BrokerError(f"mosquitto did not come up on {self.host}:{ports}\n{self.log_text()}")
-
-    def _end(self, signum: signal.Signals, timeout: float) -> None:
-        process = self._process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signum)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
     def _config(self) -> str:
         lines = [

@@ -16,9 +16,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
-from . import LOCALHOST, port_accepts, tail, track_child
+from . import LOCALHOST, ServerProcess, port_accepts, tail, track_child
 
 SYSTEM_PYTHON = os.environ.get("EDGED_SYSTEM_PYTHON", "/usr/bin/python3")
 SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")
@@ -32,7 +31,7 @@ class RtspServerError(RuntimeError):
     """The RTSP server did not start; the message carries its log."""
 
 
-class RtspServer:
+class RtspServer(ServerProcess):
     """One RTSP server process serving ``media`` at ``rtsp://127.0.0.1:<port><mount>``.
 
     - ``loop=False`` (default): each client gets the file once (12 s for faces-1080p30.mp4), then
@@ -54,7 +53,7 @@ class RtspServer:
         self.port = 0  # chosen by the kernel at first start, reused by restart()
         self._workdir = Path(tempfile.mkdtemp(prefix="edged-rtsp-"))
         self.log_path = self._workdir / "rtsp_server.log"
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process = None
         self._paused = False
 
     @property
@@ -62,14 +61,6 @@ class RtspServer:
         if not self.port:
             raise RtspServerError("RTSP server not started yet")
         return f"rtsp://{self.host}:{self.port}{self.mount}"
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
 
     def start(self, timeout: float = 15.0) -> None:
         if self.running:
@@ -84,14 +75,6 @@ class RtspServer:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.2)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Graceful stop (SIGTERM): sessions are torn down, clients see the connection close."""
-        self._end(signal.SIGTERM, timeout)
-
-    def kill(self) -> None:
-        """Abrupt death (SIGKILL)."""
-        self._end(signal.SIGKILL, 10.0)
 
     def restart(self, *, downtime: float = 0.0, graceful: bool = False) -> None:
         """Kill (or stop) and start again on the same port and path."""
@@ -121,15 +104,6 @@ class RtspServer:
 
     def log_text(self) -> str:
         return tail(self.log_path)
-
-    def __enter__(self) -> RtspServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<RtspServer {self.url if self.port else '(not started)'} running={self.running}>"
@@ -169,17 +143,8 @@ class RtspServer:
             return int(line[1])
         return None
 
-    def _end(self, signum: signal.Signals, timeout: float) -> None:
-        process = self._process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signum)
+    def _signalled(self, process: subprocess.Popen[bytes]) -> None:
         if self._paused:
             # A stopped process only acts on SIGTERM once it runs again.
             process.send_signal(signal.SIGCONT)
             self._paused = False
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

@@ -16,16 +16,14 @@ import logging
 import math
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, cast
-
-import cv2
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from edged.backoff import Retry
 from edged.config import CameraConfig
-from edged.errors import EdgedError
-from edged.frame import BufferPool, Frame, FrameSlot, Image
-from edged.sniff import sniff
+from edged.frame import Frame, FrameSlot, Image
+from edged.sources import Source, SourceError, open_source
+from edged.thinning import Thinning
 from edged.worker import Worker
 
 log = logging.getLogger("edged.camera")
@@ -34,146 +32,7 @@ Prepare = Callable[[Image], Image]
 StatusCallback = Callable[[str, bool], None]
 T = TypeVar("T")
 
-IMAGE_DEFAULT_FPS = 1.0  # an image camera repeats its image at this rate unless `fps` says otherwise
-_MJPEG_SUFFIXES = (".mjpeg", ".mjpg", ".mjp")
 OPEN_GRACE_S = 5.0  # opening may take this much longer than a read before it counts as stalled
-
-
-class SourceError(EdgedError):
-    """A camera cannot be opened or stopped delivering frames.
-
-    `permanent`: retrying cannot help (a file that is not a video); the camera stops.
-    """
-
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-
-
-class Source(Protocol):
-    """A blocking frame source, only ever touched from its camera's thread."""
-
-    native_fps: float | None  # frames per second of a file; None for live sources
-    still: bool  # every frame is the same image (prepared for the model once, not per frame)
-
-    def grab(self) -> bool:
-        """Advance to the next frame without converting it to pixels; False at the end or on error."""
-        ...
-
-    def retrieve(self) -> Image:
-        """The pixels of the frame last grabbed."""
-        ...
-
-    def rewind(self) -> bool: ...
-
-    def release(self) -> None: ...
-
-
-class CaptureSource:
-    """Video files, RTSP, HTTP MJPEG and V4L2 devices through OpenCV's VideoCapture."""
-
-    still = False
-
-    def __init__(self, camera: str, config: CameraConfig) -> None:
-        self._camera, self._config = camera, config
-        self._capture = self._open()
-        self._pool = BufferPool()
-        self._shape: tuple[int, ...] | None = None  # of the frames last retrieved
-        fps = float(self._capture.get(cv2.CAP_PROP_FPS))
-        self.native_fps: float | None = (fps if 0 < fps < 1000 else 25.0) if config.kind == "video" else None
-
-    def _open(self) -> cv2.VideoCapture:
-        url, kind = self._config.url, self._config.kind
-        if kind == "device":
-            device = int(url) if url.isdigit() else int(url.removeprefix("/dev/video"))
-            capture = cv2.VideoCapture(device, cv2.CAP_V4L2)
-        elif kind == "video":
-            found, name = sniff(url)
-            # A raw MJPEG stream is a run of JPEG images, so it starts like one: only its suffix tells.
-            if found == "image" and not url.lower().endswith(_MJPEG_SUFFIXES):
-                raise SourceError(
-                    f"camera {self._camera}: {url} holds an image ({name}), not a video: give it an image suffix "
-                    f"(.{name.lower()}) to repeat it as a still, or point url at a video file",
-                    permanent=True,
-                )
-            capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
-        else:
-            # Without these OpenCV waits 30 s on a hung server; the camera task watches for stalls
-            # too, but a read that gives up on its own frees the thread sooner.
-            timeout_ms = int(self._config.stall_timeout * 1000)
-            timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
-            capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG, timeouts)
-        if not capture.isOpened():
-            capture.release()
-            raise SourceError(
-                f"camera {self._camera}: cannot open {self._config.safe_url}: {_open_advice(kind)}",
-                permanent=kind == "video",
-            )
-        return capture
-
-    def grab(self) -> bool:
-        return bool(self._capture.grab())
-
-    def retrieve(self) -> Image:
-        # Into a reused buffer: OpenCV writes into it when the frame has its size, else allocates anew.
-        buffer = self._pool.take(self._shape) if self._shape is not None else None
-        ok, image = self._capture.retrieve(buffer)
-        if not ok or image is None:
-            raise SourceError(f"camera {self._camera}: a frame could not be decoded from {self._config.safe_url}")
-        self._shape = image.shape
-        return cast(Image, image)
-
-    def rewind(self) -> bool:
-        # Reopen rather than seek: a seek to frame 0 "succeeds" on files that cannot seek (a raw
-        # MJPEG stream) and the next read fails; opening a file again costs milliseconds.
-        self._capture.release()
-        self._capture = self._open()
-        return True
-
-    def release(self) -> None:
-        self._capture.release()
-
-
-class ImageSource:
-    """A still image as a camera: the same frame, repeated at `fps` (default 1/s)."""
-
-    still = True
-
-    def __init__(self, camera: str, config: CameraConfig) -> None:
-        image = cv2.imread(config.url, cv2.IMREAD_COLOR)
-        if image is None:
-            found, name = sniff(config.url)
-            advice = (
-                f"it holds a video ({name}), not an image: give it a video suffix (e.g. .mp4)"
-                if found == "video"
-                else "the file is corrupt, truncated or of an unsupported format: check it"
-            )
-            raise SourceError(f"camera {camera}: {config.url} is not a readable image: {advice}", permanent=True)
-        self._image = cast(Image, image)
-        self.native_fps: float | None = config.fps or IMAGE_DEFAULT_FPS
-
-    def grab(self) -> bool:
-        return True
-
-    def retrieve(self) -> Image:
-        return self._image
-
-    def rewind(self) -> bool:
-        return True
-
-    def release(self) -> None:
-        pass  # nothing is held open
-
-
-def _open_advice(kind: str) -> str:
-    return {
-        "video": "the file is corrupt, truncated or not a video OpenCV can decode: check it",
-        "device": "check that the device exists and that edged may use it (group 'video')",
-    }.get(kind, "check the URL, the credentials and that the camera is reachable")
-
-
-def open_source(camera: str, config: CameraConfig) -> Source:
-    return ImageSource(camera, config) if config.kind == "image" else CaptureSource(camera, config)
 
 
 class FrameSelector:
@@ -197,6 +56,17 @@ class FrameSelector:
 
 
 @dataclass(slots=True)
+class _Opening:
+    """One opening of a camera's source and what reading it keeps track of."""
+
+    source: Source
+    selector: FrameSelector
+    started: float  # Unix time the reading began
+    first: int  # the camera's frame index at the opening's first frame
+    thinning: Thinning = field(default_factory=Thinning)
+
+
+@dataclass(slots=True)
 class _Decoded:
     index: int
     captured: float  # Unix time the frame was read, or when a real-time file frame falls due
@@ -215,13 +85,15 @@ class Camera:
         self.slot = slot
         self._prepare, self._on_status = prepare, on_status
         self._worker = Worker(f"camera-{name}")
-        self._index = 0  # frames read from the stream in this run, across reopenings and loops
+        self._index = 0  # frames of the stream passed in this run, across reopenings and loops
         self._behind = 0.0  # seconds a real-time file has fallen behind its own clock (see _next_frame)
         self._progress = time.monotonic()  # last sign of life from the capture thread
         self._size: tuple[int, int] | None = None
         self._size_change_logged = False
         self._still_tensor: Image | None = None  # a still camera's image, prepared once per opening
-        self.frames_read = 0
+        self.frames_read = 0  # frames of the stream passed, decoded or skipped by the decoder
+        self.frames_decoded = 0
+        self._thinning_told: bool | None = None  # the skipping state last logged at info level
         self.reconnects = 0
         self.online = False
         self._reported: bool | None = None  # the status last told to subscribers (None: nothing yet)
@@ -270,17 +142,15 @@ class Camera:
             "opening it",
         )
         try:
-            selector = FrameSelector(self.config.fps)
-            self._still_tensor = None
-            started, self._behind = time.time(), 0.0
-            first_index = self._index
+            opening = _Opening(source, FrameSelector(self.config.fps), time.time(), self._index)
+            self._still_tensor, self._behind = None, 0.0
             # A file at full speed waits for detection instead of racing ahead: the next frame is
             # decoded while the current one waits, and none is decoded only to be shed.
             paced_by_detection = source.native_fps is not None and not self.config.realtime
             while True:
                 self._progress = time.monotonic()
                 decoded = await self._watch(
-                    worker.call(self._next_frame, source, selector, started, first_index),
+                    worker.call(self._next_frame, opening),
                     self.config.stall_timeout,
                     "reading",
                 )
@@ -326,40 +196,59 @@ class Camera:
                     f"camera {self.name}: stalled: nothing from {self.config.safe_url} for {limit:g} s while {doing}"
                 )
 
-    def _next_frame(self, source: Source, selector: FrameSelector, started: float, first: int) -> _Decoded | None:
+    def _next_frame(self, opening: _Opening) -> _Decoded | None:
         """In the camera's thread: skip what will not be used without decoding it to pixels."""
+        source = opening.source
         realtime_file = source.native_fps is not None and self.config.realtime
         while True:
             began = time.monotonic()
-            grabbed = source.grab()
+            advanced = source.grab()
             self._progress = now_mono = time.monotonic()
             if now_mono - began > self.config.stall_timeout:
                 # A read that took this long came after a stall, even if it returned something buffered.
                 raise SourceError(f"camera {self.name}: stalled: one read took {now_mono - began:.1f} s")
             now = time.time()
-            if not grabbed:
+            if not advanced:
                 if source.native_fps is None:
                     raise SourceError(f"camera {self.name}: the stream stopped delivering frames")
-                if not self.config.loop or not source.rewind() or not source.grab():
+                if not self.config.loop or not source.rewind() or not (advanced := source.grab()):
                     return None
-            index = self._index
-            self._index += 1
-            self.frames_read += 1
+            self._index += advanced
+            index = self._index - 1  # the frames the decoder skipped lie before this one
+            self.frames_read += advanced
+            self.frames_decoded += 1
+            if source.can_skip:
+                self._thin(opening, now_mono, advanced)
             if source.native_fps is None:
                 stream_time, due = now, None
             else:
-                stream_time = (index - first) / source.native_fps
-                due = started + self._behind + stream_time if realtime_file else None
+                stream_time = (index - opening.first) / source.native_fps
+                due = opening.started + self._behind + stream_time if realtime_file else None
                 if due is not None and now - due > 1.0 / source.native_fps:
                     # The box decodes slower than real time: play on from the newest frame, as a live
                     # stream does, instead of chasing a clock it cannot catch (which would starve
                     # this camera while cameras that keep up take every turn).
                     self._behind += now - due
                     due = now
-            if selector.want(stream_time):
+            if opening.selector.want(stream_time):
                 image = source.retrieve()
                 self._check_size(image)
                 return _Decoded(index, now if due is None else due, due, image, self._tensor(source, image))
+
+    def _thin(self, opening: _Opening, now: float, advanced: int) -> None:
+        """Let the decoder skip unreferenced frames while detection would not use them anyway."""
+        change = opening.thinning.observe(now, advanced, self.slot.taken)
+        if change is None:
+            return
+        opening.source.skip_unreferenced(change.skip)
+        if change.probe or change.skip == self._thinning_told:
+            log.debug("camera %s: skipping unreferenced frames: %s (%s)", self.name, change.skip, change.reason)
+            return
+        self._thinning_told = change.skip
+        if change.skip:
+            log.info("camera %s: %s: decoding only the frames others refer to", self.name, change.reason)
+        else:
+            log.info("camera %s: %s: decoding every frame again", self.name, change.reason)
 
     def _tensor(self, source: Source, image: Image) -> Image:
         if not source.still:

@@ -42,6 +42,7 @@ class FrameSlot:
     def __init__(self, camera: str, on_fresh: Callable[[], None]) -> None:
         self.camera = camera
         self.skipped = 0  # frames replaced before inference could take them
+        self.taken = 0  # frames inference took
         self.paused = False  # detection switched off: frames are dropped here, the camera keeps its stream
         self._frame: Frame | None = None
         self._on_fresh = on_fresh
@@ -60,6 +61,8 @@ class FrameSlot:
     def take(self) -> Frame | None:
         frame, self._frame = self._frame, None
         self._empty.set()
+        if frame is not None:
+            self.taken += 1
         return frame
 
     async def emptied(self) -> None:

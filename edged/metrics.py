@@ -57,6 +57,10 @@ class TelemetryCollector(Collector):
         yield per_camera(
             counter("edged_camera_frames_read", "Frames read from the camera"), lambda c: c.reader.frames_read
         )
+        yield per_camera(
+            counter("edged_camera_frames_decoded", "Frames decoded (read minus unreferenced frames skipped)"),
+            lambda c: c.reader.frames_decoded,
+        )
         yield per_camera(counter("edged_frames_processed", "Frames detected and published"), lambda c: c.processed)
         yield per_camera(
             counter("edged_frames_skipped", "Frames shed because inference was busy (newest frame wins)"),

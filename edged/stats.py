@@ -38,6 +38,7 @@ class CameraCounters(Protocol):
     """What a camera reader counts itself (edged.camera.Camera)."""
 
     frames_read: int
+    frames_decoded: int
     reconnects: int
 
 
@@ -161,6 +162,7 @@ class _Previous:
     at: float
     cpu_seconds: float
     frames_read: dict[str, int]
+    frames_decoded: dict[str, int]
     processed: dict[str, int]
     skipped: dict[str, int]
 
@@ -200,9 +202,11 @@ class StatsReporter:
         cameras = {
             name: {
                 "camera_fps": rate(now.frames_read[name], previous.frames_read.get(name, 0)),
+                "decoded_fps": rate(now.frames_decoded[name], previous.frames_decoded.get(name, 0)),
                 "processed_fps": rate(now.processed[name], previous.processed.get(name, 0)),
                 "skipped_fps": rate(now.skipped[name], previous.skipped.get(name, 0)),
                 "frames_read": now.frames_read[name],
+                "frames_decoded": now.frames_decoded[name],
                 "frames_processed": now.processed[name],
                 "frames_skipped": now.skipped[name],
                 "reconnects": c.reader.reconnects,
@@ -251,6 +255,7 @@ class StatsReporter:
             at=time.monotonic(),
             cpu_seconds=process.cpu_seconds,
             frames_read={name: c.reader.frames_read for name, c in cameras.items()},
+            frames_decoded={name: c.reader.frames_decoded for name, c in cameras.items()},
             processed={name: c.processed for name, c in cameras.items()},
             skipped={name: c.slot.skipped for name, c in cameras.items()},
         )

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
-from edged.camera import CaptureSource
 from edged.config import CameraConfig
 from edged.frame import BufferPool
 from edged.inference import Engine
 from edged.models import resolve
+from edged.sources import CaptureSource, StreamSource
 
 RETAIL = "models/face-detection-retail-0004/FP32/face-detection-retail-0004.xml"
 
@@ -39,11 +40,15 @@ def test_a_buffer_of_another_size_is_not_handed_out() -> None:
     assert pool.take((8, 8, 3)).shape == (8, 8, 3)
 
 
-def test_frames_read_into_reused_buffers_keep_their_own_pixels(shared_dir: Path) -> None:
+@pytest.mark.parametrize("source_class", [StreamSource, CaptureSource])
+def test_frames_read_into_reused_buffers_keep_their_own_pixels(
+    shared_dir: Path, source_class: type[StreamSource | CaptureSource]
+) -> None:
     """Frames the pipeline still holds (say, one whose snapshot is being encoded) are not overwritten by the
-    frames read after them, while the frames everyone is done with are written over."""
+    frames read after them, while the frames everyone is done with are written over; either decoder gives
+    the pixels OpenCV's own reader gives."""
     video = shared_dir / "media" / "faces-1080p30.mp4"
-    source = CaptureSource("door", CameraConfig(url=str(video)))
+    source = source_class("door", CameraConfig(url=str(video)))
     reference = cv2.VideoCapture(str(video))
     try:
         kept, addresses = [], set()

@@ -255,18 +255,22 @@ class _ResizingSource:
 
     native_fps = None
     still = False
+    can_skip = False
 
     def __init__(self) -> None:
         self.count = 0
 
-    def grab(self) -> bool:
+    def grab(self) -> int:
         self.count += 1
         time.sleep(0.01)
-        return True
+        return 1
 
     def retrieve(self) -> Image:
         width, height = (320, 240) if self.count <= 5 else (640, 360)
         return np.zeros((height, width, 3), np.uint8)
+
+    def skip_unreferenced(self, skip: bool) -> None:
+        pass
 
     def rewind(self) -> bool:
         return True
@@ -308,7 +312,7 @@ class _HangingSource(_ResizingSource):
         super().__init__()
         self._hang = hang
 
-    def grab(self) -> bool:
+    def grab(self) -> int:
         if self.count >= 3:
             self._hang.wait()  # a read that never returns, like OpenCV on a hung server
         return super().grab()

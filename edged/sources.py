@@ -1,0 +1,310 @@
+"""Where a camera's frames come from: blocking sources, each only ever touched from its camera's thread.
+
+- `StreamSource` (PyAV): H.264/H.265 files and RTSP. Its decoder can skip the frames no other frame
+  refers to, which is how a camera decodes less of what detection would not use (see
+  `edged.camera.Thinning`); OpenCV cannot ask FFmpeg's decoder for that.
+- `CaptureSource` (OpenCV): V4L2 devices, HTTP MJPEG and raw MJPEG files, whose frames are all
+  self-contained, so there is nothing to skip.
+- `ImageSource`: a still image repeated.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Protocol, cast
+
+import av
+import av.container
+import av.error
+import av.video
+import cv2
+
+from edged.config import CameraConfig
+from edged.convert import BgrConverter
+from edged.errors import EdgedError
+from edged.frame import BufferPool, Image
+from edged.sniff import sniff
+
+IMAGE_DEFAULT_FPS = 1.0  # an image camera repeats its image at this rate unless `fps` says otherwise
+_MJPEG_SUFFIXES = (".mjpeg", ".mjpg", ".mjp")
+_DEFAULT_FILE_FPS = 25.0  # a file that does not say its frame rate
+_LONGEST_LIVE_SKIP = 16  # frames a decoder may skip in a row (runs of B frames are shorter)
+
+
+class SourceError(EdgedError):
+    """A camera cannot be opened or stopped delivering frames.
+
+    `permanent`: retrying cannot help (a file that is not a video); the camera stops.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class Source(Protocol):
+    """A blocking frame source, only ever touched from its camera's thread."""
+
+    native_fps: float | None  # frames per second of a file; None for live sources
+    still: bool  # every frame is the same image (prepared for the model once, not per frame)
+    can_skip: bool  # its decoder can skip unreferenced frames (`skip_unreferenced`)
+
+    def grab(self) -> int:
+        """Advance to the next decoded frame without converting it to pixels.
+
+        Returns how many frames of the stream that moved on: 1, more when the decoder skipped
+        frames, 0 at the end or on error.
+        """
+        ...
+
+    def retrieve(self) -> Image:
+        """The pixels of the frame last grabbed."""
+        ...
+
+    def skip_unreferenced(self, skip: bool) -> None:
+        """Let the decoder skip (or again decode) frames no other frame refers to; the others stay bit-identical."""
+        ...
+
+    def rewind(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class StreamSource:
+    """H.264/H.265 (any FFmpeg video) files and RTSP streams through PyAV."""
+
+    still = False
+    can_skip = True
+
+    def __init__(self, camera: str, config: CameraConfig) -> None:
+        self._camera, self._config = camera, config
+        self._skipping = False
+        self._converter = BgrConverter()
+        self._open()
+
+    def _open(self) -> None:
+        url, kind = self._config.url, self._config.kind
+        if kind == "video":
+            _refuse_image(self._camera, url)
+            options: dict[str, str] = {}
+            timeout: float | tuple[float, float] | None = None
+        else:
+            # OpenCV's choice too: RTP over the RTSP connection when the server offers it (no UDP
+            # ports to open, no lost packets); the timeouts free the thread of a hung server.
+            options = {"rtsp_flags": "prefer_tcp"}
+            timeout = (self._config.stall_timeout, self._config.stall_timeout)
+        try:
+            container = av.open(url, options=options, timeout=timeout)
+        except (av.error.FFmpegError, OSError) as error:
+            # Not str(error): FFmpeg's messages quote the URL, credentials and all.
+            raise SourceError(
+                f"camera {self._camera}: cannot open {self._config.safe_url} ({_reason(error)}): {_open_advice(kind)}",
+                permanent=kind == "video",
+            ) from None
+        if not container.streams.video:
+            container.close()
+            raise SourceError(
+                f"camera {self._camera}: {self._config.safe_url} has no video stream: {_open_advice(kind)}",
+                permanent=kind == "video",
+            )
+        self._container = container
+        self._stream = stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame and slice threads, as OpenCV decodes
+        stream.codec_context.skip_frame = "NONREF" if self._skipping else "DEFAULT"
+        self._packets = container.demux(stream)
+        self._decoded: deque[av.VideoFrame] = deque()
+        self._frame: av.VideoFrame | None = None
+        rate = stream.average_rate or stream.guessed_rate
+        known_rate = float(rate) if rate and 0 < rate < 1000 else None
+        self.native_fps: float | None = (known_rate or _DEFAULT_FILE_FPS) if kind == "video" else None
+        # Frames a tick of the stream's clock is worth, to count the frames a skip jumped over.
+        self._frames_per_tick = known_rate * float(stream.time_base) if known_rate and stream.time_base else None
+        self._position: int | None = None
+
+    def grab(self) -> int:
+        frame = self._next_decoded()
+        if frame is None:
+            return 0
+        self._frame = frame
+        return self._advance(frame.pts)
+
+    def _next_decoded(self) -> av.VideoFrame | None:
+        while not self._decoded:
+            try:
+                packet = next(self._packets)
+            except (StopIteration, av.error.FFmpegError, OSError):
+                return None  # the end, or the connection failed or timed out: the camera reopens it
+            try:
+                self._decoded.extend(packet.decode())
+            except av.error.InvalidDataError:
+                continue  # a damaged packet: the decoder conceals it, as OpenCV's reader does
+            except (av.error.FFmpegError, OSError):
+                return None
+        return self._decoded.popleft()
+
+    def _advance(self, pts: int | None) -> int:
+        """Frames of the stream from the previous frame to this one (the frames skipped + 1)."""
+        if pts is None or self._frames_per_tick is None:
+            return 1
+        position = round(pts * self._frames_per_tick)
+        previous, self._position = self._position, position
+        if previous is None:
+            return 1
+        advanced = max(1, position - previous)
+        # A live stream's clock may jump (a camera resynchronising): it does not mean frames were skipped.
+        return advanced if self.native_fps is not None else min(advanced, _LONGEST_LIVE_SKIP)
+
+    def retrieve(self) -> Image:
+        if self._frame is None:
+            raise SourceError(f"camera {self._camera}: no frame was decoded from {self._config.safe_url}")
+        return self._converter.convert(self._frame)
+
+    def skip_unreferenced(self, skip: bool) -> None:
+        self._skipping = skip
+        self._stream.codec_context.skip_frame = "NONREF" if skip else "DEFAULT"
+
+    def rewind(self) -> bool:
+        self._close()
+        self._open()  # reopen rather than seek: opening a file again costs milliseconds
+        return True
+
+    def release(self) -> None:
+        self._close()
+        self._converter.close()
+
+    def _close(self) -> None:
+        self._frame = None
+        self._decoded.clear()
+        self._container.close()
+
+
+class CaptureSource:
+    """V4L2 devices, HTTP MJPEG and raw MJPEG files through OpenCV's VideoCapture."""
+
+    still = False
+    can_skip = False
+
+    def __init__(self, camera: str, config: CameraConfig) -> None:
+        self._camera, self._config = camera, config
+        self._capture = self._open()
+        self._pool = BufferPool()
+        self._shape: tuple[int, ...] | None = None  # of the frames last retrieved
+        fps = float(self._capture.get(cv2.CAP_PROP_FPS))
+        self.native_fps: float | None = (
+            (fps if 0 < fps < 1000 else _DEFAULT_FILE_FPS) if config.kind == "video" else None
+        )
+
+    def _open(self) -> cv2.VideoCapture:
+        url, kind = self._config.url, self._config.kind
+        if kind == "device":
+            device = int(url) if url.isdigit() else int(url.removeprefix("/dev/video"))
+            capture = cv2.VideoCapture(device, cv2.CAP_V4L2)
+        elif kind == "video":
+            capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
+        else:
+            # Without these OpenCV waits 30 s on a hung server; the camera task watches for stalls
+            # too, but a read that gives up on its own frees the thread sooner.
+            timeout_ms = int(self._config.stall_timeout * 1000)
+            timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+            capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG, timeouts)
+        if not capture.isOpened():
+            capture.release()
+            raise SourceError(
+                f"camera {self._camera}: cannot open {self._config.safe_url}: {_open_advice(kind)}",
+                permanent=kind == "video",
+            )
+        return capture
+
+    def grab(self) -> int:
+        return int(self._capture.grab())
+
+    def retrieve(self) -> Image:
+        # Into a reused buffer: OpenCV writes into it when the frame has its size, else allocates anew.
+        buffer = self._pool.take(self._shape) if self._shape is not None else None
+        ok, image = self._capture.retrieve(buffer)
+        if not ok or image is None:
+            raise SourceError(f"camera {self._camera}: a frame could not be decoded from {self._config.safe_url}")
+        self._shape = image.shape
+        return cast(Image, image)
+
+    def skip_unreferenced(self, skip: bool) -> None:
+        pass  # MJPEG frames all stand alone; V4L2 hands over what the device made
+
+    def rewind(self) -> bool:
+        # Reopen rather than seek: a seek to frame 0 "succeeds" on files that cannot seek (a raw
+        # MJPEG stream) and the next read fails; opening a file again costs milliseconds.
+        self._capture.release()
+        self._capture = self._open()
+        return True
+
+    def release(self) -> None:
+        self._capture.release()
+
+
+class ImageSource:
+    """A still image as a camera: the same frame, repeated at `fps` (default 1/s)."""
+
+    still = True
+    can_skip = False
+
+    def __init__(self, camera: str, config: CameraConfig) -> None:
+        image = cv2.imread(config.url, cv2.IMREAD_COLOR)
+        if image is None:
+            found, name = sniff(config.url)
+            advice = (
+                f"it holds a video ({name}), not an image: give it a video suffix (e.g. .mp4)"
+                if found == "video"
+                else "the file is corrupt, truncated or of an unsupported format: check it"
+            )
+            raise SourceError(f"camera {camera}: {config.url} is not a readable image: {advice}", permanent=True)
+        self._image = cast(Image, image)
+        self.native_fps: float | None = config.fps or IMAGE_DEFAULT_FPS
+
+    def grab(self) -> int:
+        return 1
+
+    def retrieve(self) -> Image:
+        return self._image
+
+    def skip_unreferenced(self, skip: bool) -> None:
+        pass  # one image, decoded once
+
+    def rewind(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass  # nothing is held open
+
+
+def open_source(camera: str, config: CameraConfig) -> Source:
+    if config.kind == "image":
+        return ImageSource(camera, config)
+    if config.kind == "rtsp" or (config.kind == "video" and not _is_mjpeg(config.url)):
+        return StreamSource(camera, config)
+    return CaptureSource(camera, config)
+
+
+def _is_mjpeg(url: str) -> bool:
+    return url.lower().endswith(_MJPEG_SUFFIXES)
+
+
+def _refuse_image(camera: str, url: str) -> None:
+    # A raw MJPEG stream is a run of JPEG images, so it starts like one: only its suffix tells.
+    found, name = sniff(url)
+    if found == "image" and not _is_mjpeg(url):
+        raise SourceError(
+            f"camera {camera}: {url} holds an image ({name}), not a video: give it an image suffix "
+            f"(.{name.lower()}) to repeat it as a still, or point url at a video file",
+            permanent=True,
+        )
+
+
+def _reason(error: Exception) -> str:
+    return str(getattr(error, "strerror", None) or type(error).__name__)
+
+
+def _open_advice(kind: str) -> str:
+    return {
+        "video": "the file is corrupt, truncated or not a video FFmpeg can decode: check it",
+        "device": "check that the device exists and that edged may use it (group 'video')",
+    }.get(kind, "check the URL, the credentials and that the camera is reachable")

@@ -1,0 +1,81 @@
+"""When a camera's decoder may skip the frames no other frame refers to.
+
+Detection often uses only some of a stream's frames: an `fps` cap takes every other one, an
+overloaded box sheds most of them at the slot, a paused camera uses none. A decoder that skips
+unreferenced frames (in an H.264 stream with B frames, about half of them) then saves a large share
+of its work (-40 % of the CPU for faces-1080p30.mp4), and the frames it still decodes are
+bit-identical, so detections do not change.
+
+Measured, not guessed, because the share a stream can spare depends on how it was encoded:
+- skipping starts after a window of full decoding in which detection used at most `START_SHARE` of
+  the stream's frames;
+- it stops when detection is starved: it took nearly every frame still decoded and got fewer per
+  second than before skipping; then it is not tried again for `RETRY_S`;
+- every `PROBE_S` it stops for one window anyway, to measure the demand afresh (the box may no
+  longer be overloaded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WINDOW_S = 2.0  # demand is measured over windows of this many seconds
+START_SHARE = 0.55  # skip when detection used at most this share of the stream's frames
+STARVED_SHARE = 0.9  # ... and stop when it takes at least this share of the frames still decoded
+STARVED_RATE = 0.9  # ... while getting less than this fraction of the frames/s it had before
+PROBE_S = 60.0
+RETRY_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    skip: bool
+    reason: str
+    probe: bool = False  # a pause of skipping to measure the demand: its outcome follows a window later
+
+
+class Thinning:
+    """One camera opening's decision to skip unreferenced frames, fed from its capture thread."""
+
+    def __init__(self) -> None:
+        self.skipping = False
+        self._window_start: float | None = None
+        self._advanced = 0  # frames of the stream passed in this window (decoded or skipped)
+        self._decoded = 0
+        self._used_before = 0  # the running count of frames used, at the window's start
+        self._full_rate = 0.0  # frames/s detection used in the last window of full decoding
+        self._since = 0.0  # when skipping last started
+        self._not_before = 0.0  # no new start before this (after detection was starved)
+        self._probing = False
+
+    def observe(self, now: float, advanced: int, used: int) -> Change | None:
+        """After each decoded frame: `advanced` frames of the stream it moved on, `used` the running count of
+        frames detection has taken. Returns the decision when it changes."""
+        if self._window_start is None:
+            self._window_start, self._used_before = now, used
+        self._advanced += advanced
+        self._decoded += 1
+        elapsed = now - self._window_start
+        if elapsed < WINDOW_S:
+            return None
+        window_used = used - self._used_before
+        share, decoded_share = window_used / self._advanced, window_used / self._decoded
+        rate = window_used / elapsed
+        self._window_start, self._used_before, self._advanced, self._decoded = now, used, 0, 0
+        if not self.skipping:
+            self._full_rate = rate
+            probed, self._probing = self._probing, False
+            if share <= START_SHARE and now >= self._not_before:
+                return self._switch(now, True, f"detection used {share:.0%} of the frames")
+            return Change(False, f"detection used {share:.0%} of the frames") if probed else None
+        if decoded_share >= STARVED_SHARE and rate < STARVED_RATE * self._full_rate:
+            self._not_before = now + RETRY_S
+            return self._switch(now, False, f"detection got {rate:.1f} frames/s instead of {self._full_rate:.1f}")
+        if now - self._since >= PROBE_S:
+            self._probing = True
+            return self._switch(now, False, "measuring the demand again", probe=True)
+        return None
+
+    def _switch(self, now: float, skip: bool, reason: str, *, probe: bool = False) -> Change:
+        self.skipping, self._since = skip, now
+        return Change(skip, reason, probe)

@@ -1,0 +1,108 @@
+"""A camera decodes less of what detection would not use, and what it still decodes is unchanged.
+
+H.264 frames that no other frame refers to may be skipped by the decoder; a camera does so while
+detection uses at most about half of the stream's frames (an `fps` cap, an overloaded box, paused
+detection) and decodes every frame again when detection would go short.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from edged.config import CameraConfig
+from edged.sources import StreamSource
+from edged.thinning import PROBE_S, RETRY_S, WINDOW_S, Thinning
+from tests.edged_process import EdgedProcess, base_config, write_config
+
+STREAM_FPS = 30.0  # faces-1080p30.mp4
+
+
+def test_frames_decoded_while_skipping_are_bit_identical_to_full_decoding(shared_dir: Path) -> None:
+    video = shared_dir / "media" / "faces-1080p30.mp4"
+    source = StreamSource("door", CameraConfig(url=str(video)))
+    source.skip_unreferenced(True)
+    reference = cv2.VideoCapture(str(video))
+    try:
+        index, reference_index, compared = -1, -1, 0
+        while compared < 40:
+            advanced = source.grab()
+            assert advanced >= 1
+            index += advanced
+            image = source.retrieve()
+            while reference_index < index:  # the frame the decoder kept, decoded in full by OpenCV
+                ok, expected = reference.read()
+                assert ok
+                reference_index += 1
+            assert np.array_equal(image, expected), f"frame {index} differs"
+            compared += 1
+        assert index > compared * 1.5  # frames were skipped on the way (the file has B frames)
+    finally:
+        source.release()
+        reference.release()
+
+
+class _Feed:
+    """Frames fed to a Thinning as a camera thread does: `fps` decoded per second, each `advanced` frames of the
+    stream on, detection taking `share` of them."""
+
+    def __init__(self) -> None:
+        self.thinning = Thinning()
+        self._t, self._used = 0.0, 0.0
+
+    def run(self, seconds: float, fps: float, share: float, advanced: int = 1) -> list[bool]:
+        """The decisions made, in order."""
+        decisions = []
+        for _ in range(int(seconds * fps)):
+            self._t += 1 / fps
+            self._used += share
+            if (change := self.thinning.observe(self._t, advanced, int(self._used))) is not None:
+                decisions.append(change.skip)
+        return decisions
+
+
+def test_skipping_starts_after_one_window_in_which_detection_used_half_the_frames() -> None:
+    assert _Feed().run(WINDOW_S * 1.6, STREAM_FPS, 0.5) == [True]
+
+
+def test_skipping_never_starts_while_detection_uses_most_frames() -> None:
+    assert _Feed().run(30.0, STREAM_FPS, 0.8) == []
+
+
+def test_skipping_stops_when_detection_is_starved_and_is_not_retried_at_once() -> None:
+    feed = _Feed()
+    assert feed.run(WINDOW_S * 1.6, STREAM_FPS, 0.5) == [True]
+    # This stream spares little: every third frame decoded, every one of them taken, fewer per second than before.
+    assert feed.run(WINDOW_S * 3, STREAM_FPS / 3, 1.0, advanced=3) == [False]
+    assert feed.run(RETRY_S / 2, STREAM_FPS, 0.3) == []
+
+
+def test_skipping_pauses_every_minute_to_measure_the_demand_again() -> None:
+    assert _Feed().run(PROBE_S + WINDOW_S * 3, STREAM_FPS, 0.2) == [True, False, True]
+
+
+@pytest.mark.slow
+def test_a_camera_capped_at_a_third_of_its_rate_decodes_fewer_frames_and_keeps_its_fps(
+    tmp_path: Path, shared_dir: Path, broker: Any, subscriber: Any
+) -> None:
+    cap = STREAM_FPS / 3
+    cameras = {"door": {"url": str(shared_dir / "media" / "faces-1080p30.mp4"), "fps": cap}}
+    config = base_config(shared_dir, broker.port, cameras) | {"stats": {"interval": 2}}
+    watcher = subscriber(broker, "edged/#")
+    with EdgedProcess(write_config(tmp_path / "edged.yaml", config), tmp_path / "edged.log") as edged:
+        edged.wait_for_log(r"camera door: detection used \d+% of the frames: decoding only the frames others refer to")
+        watcher.wait_for_count("edged/stats", 3, timeout=30)  # a whole interval with skipping on
+        stats = watcher.messages("edged/stats")[-1].json()["cameras"]["door"]
+        code, _ = edged.stop(signal.SIGTERM)
+        log = edged.log()
+
+    assert code == 0, log
+    assert stats["camera_fps"] == pytest.approx(STREAM_FPS, rel=0.15)  # real time: the stream's own rate
+    assert stats["decoded_fps"] < 0.7 * stats["camera_fps"]
+    assert stats["processed_fps"] == pytest.approx(cap, rel=0.15)
+    assert "Traceback" not in log

@@ -12,6 +12,7 @@ import pytest
 
 from edged.bench.reference import (
     BenchmarkError,
+    DecodeBackend,
     Throughput,
     benchmark_app_fps,
     decode_ceiling,
@@ -84,9 +85,9 @@ def test_decode_ceiling_by_seconds_loops_short_files(clip: Path) -> None:
     assert result.frames > 62 or result.seconds >= 0.3
 
 
-def test_decode_ceiling_with_pyav(clip: Path) -> None:
-    pytest.importorskip("av")  # optional: PyAV is not a dependency of edged
-    assert_sane(decode_ceiling([clip], frames=30, backend="pyav-skip-loop-filter"), frames=30)
+@pytest.mark.parametrize("backend", ["edged", "pyav", "pyav-skip-loop-filter"])
+def test_decode_ceiling_with_other_decoders(clip: Path, backend: DecodeBackend) -> None:
+    assert_sane(decode_ceiling([clip], frames=30, backend=backend), frames=30)
 
 
 @pytest.mark.parametrize("model", [SEED, SSH], ids=["ssd", "ssh"])

@@ -36,11 +36,12 @@ Frame = NDArray[np.uint8]
 Frames = Generator[Frame, None, None]
 PathLike = str | Path
 
-#: How frames are decoded. "opencv": cv2.VideoCapture, FFmpeg backend, `read()` (what edged uses).
-#: "pyav": PyAV, frame threading, `to_ndarray(format="bgr24")`: pixels identical to OpenCV's.
-#: "pyav-skip-loop-filter": the same with H.264's deblocking skipped: less decode work, but the
+#: How frames are decoded. "opencv": cv2.VideoCapture, FFmpeg backend, `read()` (the issue's reference).
+#: "edged": edged's own reader for files (edged.sources.StreamSource: PyAV, swscale into reused buffers).
+#: "pyav": PyAV, frame threading, `to_ndarray(format="bgr24")`. All three give identical pixels.
+#: "pyav-skip-loop-filter": PyAV with H.264's deblocking skipped: less decode work, but the
 #: pixels (and the seed model's detections) change; see docs/performance-notes.md.
-DecodeBackend = Literal["opencv", "pyav", "pyav-skip-loop-filter"]
+DecodeBackend = Literal["opencv", "edged", "pyav", "pyav-skip-loop-filter"]
 
 
 class BenchmarkError(RuntimeError):
@@ -267,10 +268,8 @@ def frames_of(path: PathLike, backend: DecodeBackend = "opencv", threads: int = 
     """
     if backend == "opencv":
         return _looped(path, lambda file: _opencv_once(file, threads))
-    try:
-        import av  # noqa: F401  (fail here rather than at the first frame)
-    except ImportError as error:  # optional: PyAV is not a dependency of edged
-        raise BenchmarkError("the 'pyav' decode backends need PyAV: pip install av") from error
+    if backend == "edged":
+        return _looped(path, _edged_once)
     skip = backend == "pyav-skip-loop-filter"
     return _looped(path, lambda file: _pyav_once(file, threads, skip))
 
@@ -297,6 +296,18 @@ def _opencv_once(path: PathLike, threads: int) -> Frames:
             yield buffer
     finally:
         capture.release()
+
+
+def _edged_once(path: PathLike) -> Frames:
+    from edged.config import CameraConfig
+    from edged.sources import StreamSource
+
+    source = StreamSource("bench", CameraConfig(url=str(path)))
+    try:
+        while source.grab():
+            yield source.retrieve()
+    finally:
+        source.release()
 
 
 def _pyav_once(path: PathLike, threads: int, skip_loop_filter: bool) -> Frames:

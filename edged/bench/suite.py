@@ -67,11 +67,18 @@ class BenchReport:
 
 
 def run_suite(options: BenchOptions, progress: Callable[[str], None]) -> BenchReport:
+    """References and runs interleaved, each reference measured just before the run it judges.
+
+    A shared machine's speed drifts by 10-20 % over minutes; measured side by side, a ratio compares
+    like with like: the inference ceiling, then edged from memory; the decode ceilings and the plain
+    loop, then edged at full speed.
+    """
     report = BenchReport(_machine(), {k: str(v) for k, v in asdict(options).items()})
     if options.references:
-        report.references = _references(options, progress)
+        report.references |= _inference_references(options, progress)
     with e2e.broker(*(options.mqtt or (None, None))) as mqtt, tempfile.TemporaryDirectory() as scratch:
-        for scenario in options.scenarios:
+
+        def run(scenario: str) -> None:
             progress(f"edged end to end: {scenario}")
             cameras, seconds = _scenario(scenario, options, Path(scratch))
             result = e2e.run(
@@ -85,36 +92,54 @@ def run_suite(options: BenchOptions, progress: Callable[[str], None]) -> BenchRe
                 warmup=SOAK_WARMUP_S if scenario == "overload" and options.soak_seconds else e2e.WARMUP_S,
             )
             report.runs[scenario] = result.to_dict()
+
+        if "memory" in options.scenarios:
+            run("memory")
+        if options.references:
+            report.references |= _decode_references(options, report.references["inference_ceiling"], progress)
+        for scenario in options.scenarios:
+            if scenario != "memory":
+                run(scenario)
+    report.runs = {name: report.runs[name] for name in SCENARIOS if name in report.runs}
     report.ratios = _ratios(report)
     return report
 
 
-def _references(options: BenchOptions, progress: Callable[[str], None]) -> dict[str, Any]:
-    streams = [options.media] * options.cameras
-    seconds = max(2.0, options.seconds / 2)
+def _inference_references(options: BenchOptions, progress: Callable[[str], None]) -> dict[str, Any]:
+    seconds = _reference_seconds(options)
     progress("benchmark_app")
     app = reference.benchmark_app_fps(options.model, max(2, round(seconds)))
     progress("inference ceiling (edged's compile settings and queue)")
     ceiling = reference.inference_ceiling(options.model, seconds, requests=options.requests or _edged_requests(options))
+    return {"benchmark_app_fps": round(app, 2), "inference_ceiling": ceiling.to_dict()}
+
+
+def _decode_references(
+    options: BenchOptions, ceiling: dict[str, float], progress: Callable[[str], None]
+) -> dict[str, Any]:
+    streams = [options.media] * options.cameras
+    seconds = _reference_seconds(options)
     progress("decode ceiling (OpenCV)")
     decode = reference.decode_ceiling(streams, seconds=seconds)
     progress("decode ceiling (edged's reader)")
     edged_decode = reference.decode_ceiling(streams, seconds=seconds, backend="edged")
     resize_ms = _resize_ms(options)
     progress("plain loop")
-    plain = reference.plain_loop(options.model, streams, max(30, round(min(ceiling.fps, decode.fps) * seconds / 2)))
+    plain = reference.plain_loop(options.model, streams, max(30, round(min(ceiling["fps"], decode.fps) * seconds / 2)))
     # Against the faster decoder: the limit is what the hardware allows, not what OpenCV allows.
     fastest = max(decode.fps, edged_decode.fps)
-    composed = 1.0 / (1.0 / fastest + 1.0 / ceiling.fps + resize_ms / 1000.0)
+    composed = 1.0 / (1.0 / fastest + 1.0 / ceiling["fps"] + resize_ms / 1000.0)
     return {
-        "benchmark_app_fps": round(app, 2),
-        "inference_ceiling": ceiling.to_dict(),
         "decode_ceiling": decode.to_dict(),
         "decode_ceiling_edged_reader": edged_decode.to_dict(),
         "resize_ms": round(resize_ms, 3),
         "composed_limit_fps": round(composed, 2),
         "plain_loop": plain.to_dict(),
     }
+
+
+def _reference_seconds(options: BenchOptions) -> float:
+    return max(2.0, options.seconds / 2)
 
 
 def _edged_requests(options: BenchOptions) -> int:

@@ -2,7 +2,7 @@
 
 - `StreamSource` (PyAV): H.264/H.265 files and RTSP. Its decoder can skip the frames no other frame
   refers to, which is how a camera decodes less of what detection would not use (see
-  `edged.camera.Thinning`); OpenCV cannot ask FFmpeg's decoder for that.
+  `edged.thinning`); OpenCV cannot ask FFmpeg's decoder for that.
 - `CaptureSource` (OpenCV): V4L2 devices, HTTP MJPEG and raw MJPEG files, whose frames are all
   self-contained, so there is nothing to skip.
 - `ImageSource`: a still image repeated.
@@ -16,7 +16,6 @@ from typing import Protocol, cast
 import av
 import av.container
 import av.error
-import av.video
 import cv2
 
 from edged.config import CameraConfig
@@ -28,7 +27,7 @@ from edged.sniff import sniff
 IMAGE_DEFAULT_FPS = 1.0  # an image camera repeats its image at this rate unless `fps` says otherwise
 _MJPEG_SUFFIXES = (".mjpeg", ".mjpg", ".mjp")
 _DEFAULT_FILE_FPS = 25.0  # a file that does not say its frame rate
-_LONGEST_LIVE_SKIP = 16  # frames a decoder may skip in a row (runs of B frames are shorter)
+_LIVE_CLOCK_JUMP = 16  # frames: more than a decoder ever skips in a row (runs of B frames are shorter)
 
 
 class SourceError(EdgedError):
@@ -83,11 +82,26 @@ class StreamSource:
         self._open()
 
     def _open(self) -> None:
+        self._container = container = self._connect()
+        self._stream = stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame and slice threads, as OpenCV decodes
+        stream.codec_context.skip_frame = "NONREF" if self._skipping else "DEFAULT"
+        self._packets = container.demux(stream)
+        self._decoded: deque[av.VideoFrame] = deque()
+        self._frame: av.VideoFrame | None = None
+        live = self._config.kind != "video"
+        rate = stream.average_rate or stream.guessed_rate
+        known_rate = float(rate) if rate and 0 < rate < 1000 else None
+        self.native_fps: float | None = None if live else known_rate or _DEFAULT_FILE_FPS
+        frames_per_tick = known_rate * float(stream.time_base) if known_rate and stream.time_base else None
+        self._count = FrameCount(frames_per_tick, resync_after=_LIVE_CLOCK_JUMP if live else None)
+
+    def _connect(self) -> av.container.InputContainer:
         url, kind = self._config.url, self._config.kind
         if kind == "video":
             _refuse_image(self._camera, url)
             options: dict[str, str] = {}
-            timeout: float | tuple[float, float] | None = None
+            timeout: tuple[float, float] | None = None
         else:
             # OpenCV's choice too: RTP over the RTSP connection when the server offers it (no UDP
             # ports to open, no lost packets); the timeouts free the thread of a hung server.
@@ -107,26 +121,14 @@ class StreamSource:
                 f"camera {self._camera}: {self._config.safe_url} has no video stream: {_open_advice(kind)}",
                 permanent=kind == "video",
             )
-        self._container = container
-        self._stream = stream = container.streams.video[0]
-        stream.thread_type = "AUTO"  # frame and slice threads, as OpenCV decodes
-        stream.codec_context.skip_frame = "NONREF" if self._skipping else "DEFAULT"
-        self._packets = container.demux(stream)
-        self._decoded: deque[av.VideoFrame] = deque()
-        self._frame: av.VideoFrame | None = None
-        rate = stream.average_rate or stream.guessed_rate
-        known_rate = float(rate) if rate and 0 < rate < 1000 else None
-        self.native_fps: float | None = (known_rate or _DEFAULT_FILE_FPS) if kind == "video" else None
-        # Frames a tick of the stream's clock is worth, to count the frames a skip jumped over.
-        self._frames_per_tick = known_rate * float(stream.time_base) if known_rate and stream.time_base else None
-        self._position: int | None = None
+        return container
 
     def grab(self) -> int:
         frame = self._next_decoded()
         if frame is None:
             return 0
         self._frame = frame
-        return self._advance(frame.pts)
+        return self._count.advance(frame.pts)
 
     def _next_decoded(self) -> av.VideoFrame | None:
         while not self._decoded:
@@ -141,18 +143,6 @@ class StreamSource:
             except (av.error.FFmpegError, OSError):
                 return None
         return self._decoded.popleft()
-
-    def _advance(self, pts: int | None) -> int:
-        """Frames of the stream from the previous frame to this one (the frames skipped + 1)."""
-        if pts is None or self._frames_per_tick is None:
-            return 1
-        position = round(pts * self._frames_per_tick)
-        previous, self._position = self._position, position
-        if previous is None:
-            return 1
-        advanced = max(1, position - previous)
-        # A live stream's clock may jump (a camera resynchronising): it does not mean frames were skipped.
-        return advanced if self.native_fps is not None else min(advanced, _LONGEST_LIVE_SKIP)
 
     def retrieve(self) -> Image:
         if self._frame is None:
@@ -176,6 +166,40 @@ class StreamSource:
         self._frame = None
         self._decoded.clear()
         self._container.close()
+
+
+class FrameCount:
+    """Frames of a stream passed so far, the skipped ones included, told from the decoded frames' timestamps.
+
+    The count is the furthest timestamp seen, in frames from the first, and never less than the frames
+    decoded: frames delivered out of order (as some RTSP servers' B frames are) each still count one, and
+    the jumps after them are smaller by as much.
+    """
+
+    def __init__(self, frames_per_tick: float | None, resync_after: int | None) -> None:
+        self._frames_per_tick = frames_per_tick  # None: no usable clock, every frame counts one
+        # A live stream's clock may jump (a camera resynchronising): a jump of more frames than this is
+        # not frames skipped, the count goes on from there.
+        self._resync_after = resync_after
+        self._first: int | None = None
+        self._furthest = 0
+        self._decoded = 0
+        self._counted = 0
+
+    def advance(self, pts: int | None) -> int:
+        """One more frame decoded, at `pts`: how many frames of the stream that moved on (at least 1)."""
+        self._decoded += 1
+        total = self._decoded
+        if pts is not None and self._frames_per_tick is not None:
+            position = round(pts * self._frames_per_tick)
+            jumped = self._resync_after is not None and abs(position - self._furthest) > self._resync_after
+            if self._first is None or jumped:
+                self._first, self._furthest = position - self._counted, position
+            self._furthest = max(self._furthest, position)
+            total = max(total, self._furthest - self._first + 1)
+        step = max(1, total - self._counted)
+        self._counted += step
+        return step
 
 
 class CaptureSource:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from edged.config import CameraConfig
-from edged.sources import StreamSource
+from edged.sources import FrameCount, StreamSource
 from edged.thinning import PROBE_S, RETRY_S, WINDOW_S, Thinning
 from tests.edged_process import EdgedProcess, base_config, write_config
 
@@ -45,6 +45,25 @@ def test_frames_decoded_while_skipping_are_bit_identical_to_full_decoding(shared
     finally:
         source.release()
         reference.release()
+
+
+def _steps(positions: list[int | None], *, live: bool = False) -> list[int]:
+    count = FrameCount(1.0, resync_after=16 if live else None)
+    return [count.advance(position) for position in positions]
+
+
+def test_frames_the_decoder_skipped_are_counted_from_the_timestamps() -> None:
+    assert _steps([0, 2, 4, 5, 6, 8]) == [1, 2, 2, 1, 1, 2]
+
+
+def test_frames_delivered_out_of_order_count_one_each() -> None:
+    # As the test RTSP server's B frames arrive: nothing was skipped, 13 frames are 13.
+    assert sum(_steps([None, 3, 2, 4, 1, 7, 6, 8, 5, 11, 10, 12, 9], live=True)) == 13
+
+
+def test_a_live_clock_that_jumps_is_not_counted_as_frames_skipped() -> None:
+    assert _steps([0, 1, 2, 10_000, 10_001, 10_003], live=True) == [1, 1, 1, 1, 1, 2]
+    assert _steps([500, 501, 503, 0, 1, 3], live=True) == [1, 1, 2, 1, 1, 2]
 
 
 class _Feed:
@@ -87,11 +106,14 @@ def test_skipping_pauses_every_minute_to_measure_the_demand_again() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["file", "rtsp"])
 def test_a_camera_capped_at_a_third_of_its_rate_decodes_fewer_frames_and_keeps_its_fps(
-    tmp_path: Path, shared_dir: Path, broker: Any, subscriber: Any
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, shared_dir: Path, broker: Any, subscriber: Any
 ) -> None:
     cap = STREAM_FPS / 3
-    cameras = {"door": {"url": str(shared_dir / "media" / "faces-1080p30.mp4"), "fps": cap}}
+    video = shared_dir / "media" / "faces-1080p30.mp4"
+    url = str(video) if kind == "file" else request.getfixturevalue("rtsp_server_factory")(video, loop=True).url
+    cameras = {"door": {"url": url, "fps": cap}}
     config = base_config(shared_dir, broker.port, cameras) | {"stats": {"interval": 2}}
     watcher = subscriber(broker, "edged/#")
     with EdgedProcess(write_config(tmp_path / "edged.yaml", config), tmp_path / "edged.log") as edged:

@@ -6,6 +6,11 @@ its heaps instead of being mapped on its own. Those heaps fragment as cameras re
 loop, freed memory is not returned to the system, and a daemon's RSS creeps up for hours. A fixed
 threshold keeps every block of 1 MB or more in its own mapping, given back when freed; edged's own
 frame buffers are reused (edged.frame.BufferPool), so the extra mappings cost nothing per frame.
+
+glibc also gives threads up to 8 arenas per core. A decoder's many smaller blocks (FFmpeg's per-thread
+contexts, re-created each time a file loops) spread over them, and each arena keeps its own
+fragmented free space: with 8 cameras the arenas held ~25 MB each and RSS crept up by ~40 MB in five
+minutes; one arena per core held RSS ~90 MB lower and flat (docs/performance-notes.md, section f).
 """
 
 from __future__ import annotations
@@ -16,21 +21,28 @@ import os
 
 log = logging.getLogger("edged")
 
-M_MMAP_THRESHOLD = -3  # mallopt parameter, from glibc's <malloc.h>
+M_MMAP_THRESHOLD = -3  # mallopt parameters, from glibc's <malloc.h>
+M_ARENA_MAX = -8
 LARGE_BLOCK = 1 << 20
 
 
-def _set_by_operator() -> bool:
+def _set_by_operator(variable: str, tunable: str) -> bool:
     """glibc's own settings in the environment: an operator's choice wins."""
-    return "MALLOC_MMAP_THRESHOLD_" in os.environ or "malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", "")
+    return variable in os.environ or tunable in os.environ.get("GLIBC_TUNABLES", "")
 
 
-def map_large_blocks() -> None:
-    """Fix glibc's mmap threshold at 1 MB, unless the environment sets it; a no-op on other C libraries."""
-    if _set_by_operator():
-        return
+def tune_allocator() -> None:
+    """Fix glibc's mmap threshold at 1 MB and its arenas at one per core, unless the environment sets them.
+
+    A no-op on other C libraries.
+    """
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is None:  # musl and others: they have no such threshold to tune
+    if mallopt is None:  # musl and others: they have no such settings to tune
         return
-    if not mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK):
-        log.debug("mallopt(M_MMAP_THRESHOLD) refused; the C allocator keeps its defaults")
+    settings = (
+        (M_MMAP_THRESHOLD, LARGE_BLOCK, "MALLOC_MMAP_THRESHOLD_", "malloc.mmap_threshold"),
+        (M_ARENA_MAX, os.cpu_count() or 2, "MALLOC_ARENA_MAX", "malloc.arena_max"),
+    )
+    for parameter, value, variable, tunable in settings:
+        if not _set_by_operator(variable, tunable) and not mallopt(parameter, value):
+            log.debug("mallopt(%d, %d) refused; the C allocator keeps its default", parameter, value)

@@ -127,11 +127,11 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edged.allocator import map_large_blocks
+    from edged.allocator import tune_allocator
     from edged.supervisor import Supervisor
     from edged.worker import busy_workers
 
-    map_large_blocks()  # before any frame is allocated: RSS stays flat instead of creeping (edged/allocator.py)
+    tune_allocator()  # before any frame is allocated: RSS stays flat instead of creeping (edged/allocator.py)
     config, security = _validated(args.config)
     asyncio.run(Supervisor(config, security, args.config).run())
     if busy_workers():

@@ -107,20 +107,15 @@ class StreamSource:
             # ports to open, no lost packets); the timeouts free the thread of a hung server.
             options = {"rtsp_flags": "prefer_tcp"}
             timeout = (self._config.stall_timeout, self._config.stall_timeout)
+        url_shown = self._config.safe_url
         try:
             container = av.open(url, options=options, timeout=timeout)
         except (av.error.FFmpegError, OSError) as error:
             # Not str(error): FFmpeg's messages quote the URL, credentials and all.
-            raise SourceError(
-                f"camera {self._camera}: cannot open {self._config.safe_url} ({_reason(error)}): {_open_advice(kind)}",
-                permanent=kind == "video",
-            ) from None
+            raise _open_error(self._camera, self._config, f"cannot open {url_shown} ({_reason(error)})") from None
         if not container.streams.video:
             container.close()
-            raise SourceError(
-                f"camera {self._camera}: {self._config.safe_url} has no video stream: {_open_advice(kind)}",
-                permanent=kind == "video",
-            )
+            raise _open_error(self._camera, self._config, f"{url_shown} has no video stream")
         return container
 
     def grab(self) -> int:
@@ -233,10 +228,7 @@ class CaptureSource:
             capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG, timeouts)
         if not capture.isOpened():
             capture.release()
-            raise SourceError(
-                f"camera {self._camera}: cannot open {self._config.safe_url}: {_open_advice(kind)}",
-                permanent=kind == "video",
-            )
+            raise _open_error(self._camera, self._config, f"cannot open {self._config.safe_url}")
         return capture
 
     def grab(self) -> int:
@@ -327,8 +319,10 @@ def _reason(error: Exception) -> str:
     return str(getattr(error, "strerror", None) or type(error).__name__)
 
 
-def _open_advice(kind: str) -> str:
-    return {
+def _open_error(camera: str, config: CameraConfig, problem: str) -> SourceError:
+    """One line: the camera, what went wrong, what to do; a file that cannot be opened stays unopenable."""
+    advice = {
         "video": "the file is corrupt, truncated or not a video FFmpeg can decode: check it",
         "device": "check that the device exists and that edged may use it (group 'video')",
-    }.get(kind, "check the URL, the credentials and that the camera is reachable")
+    }.get(config.kind, "check the URL, the credentials and that the camera is reachable")
+    return SourceError(f"camera {camera}: {problem}: {advice}", permanent=config.kind == "video")

@@ -41,7 +41,7 @@ def tune_allocator() -> None:
         return
     settings = (
         (M_MMAP_THRESHOLD, LARGE_BLOCK, "MALLOC_MMAP_THRESHOLD_", "malloc.mmap_threshold"),
-        (M_ARENA_MAX, os.cpu_count() or 2, "MALLOC_ARENA_MAX", "malloc.arena_max"),
+        (M_ARENA_MAX, len(os.sched_getaffinity(0)), "MALLOC_ARENA_MAX", "malloc.arena_max"),  # the cores it may use
     )
     for parameter, value, variable, tunable in settings:
         if not _set_by_operator(variable, tunable) and not mallopt(parameter, value):

@@ -83,6 +83,8 @@ class BgrConverter:
         self._context = sws.get_context(
             self._context, width, height, source_format, width, height, sws.bgr24, SWS_BICUBIC, None, None, None
         )
+        if not self._context:  # a format swscale cannot read (it freed the old context): PyAV knows others
+            return cast(Image, frame.to_ndarray(format="bgr24"))
         image = self._pool.take((height, width, 3))
         planes = frame.planes
         rows = sws.scale(

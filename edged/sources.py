@@ -27,7 +27,7 @@ from edged.sniff import sniff
 IMAGE_DEFAULT_FPS = 1.0  # an image camera repeats its image at this rate unless `fps` says otherwise
 _MJPEG_SUFFIXES = (".mjpeg", ".mjpg", ".mjp")
 _DEFAULT_FILE_FPS = 25.0  # a file that does not say its frame rate
-_LIVE_CLOCK_JUMP = 16  # frames: more than a decoder ever skips in a row (runs of B frames are shorter)
+_LONGEST_SKIP = 16  # frames: more than a decoder ever skips in a row (runs of B frames are shorter)
 
 
 class SourceError(EdgedError):
@@ -73,11 +73,11 @@ class StreamSource:
     """H.264/H.265 (any FFmpeg video) files and RTSP streams through PyAV."""
 
     still = False
-    can_skip = True
 
     def __init__(self, camera: str, config: CameraConfig) -> None:
         self._camera, self._config = camera, config
         self._skipping = False
+        self.can_skip = True  # until the stream turns out to have no usable timestamps
         self._converter = BgrConverter()
         self._open()
 
@@ -94,7 +94,9 @@ class StreamSource:
         known_rate = float(rate) if rate and 0 < rate < 1000 else None
         self.native_fps: float | None = None if live else known_rate or _DEFAULT_FILE_FPS
         frames_per_tick = known_rate * float(stream.time_base) if known_rate and stream.time_base else None
-        self._count = FrameCount(frames_per_tick, resync_after=_LIVE_CLOCK_JUMP if live else None)
+        # Without a clock the frames skipped could not be counted, and a file's pace depends on the count.
+        self.can_skip = frames_per_tick is not None
+        self._count = FrameCount(frames_per_tick or 0.0)
 
     def _connect(self) -> av.container.InputContainer:
         url, kind = self._config.url, self._config.kind
@@ -123,7 +125,12 @@ class StreamSource:
         if frame is None:
             return 0
         self._frame = frame
-        return self._count.advance(frame.pts)
+        if frame.pts is None:
+            if self._skipping:  # the frames skipped cannot be counted (raw H.264 has no timestamps)
+                self.skip_unreferenced(False)
+                self.can_skip = False
+            return 1
+        return self._count.advance(frame.pts, self._skipping)
 
     def _next_decoded(self) -> av.VideoFrame | None:
         while not self._decoded:
@@ -145,8 +152,8 @@ class StreamSource:
         return self._converter.convert(self._frame)
 
     def skip_unreferenced(self, skip: bool) -> None:
-        self._skipping = skip
-        self._stream.codec_context.skip_frame = "NONREF" if skip else "DEFAULT"
+        self._skipping = skip and self.can_skip
+        self._stream.codec_context.skip_frame = "NONREF" if self._skipping else "DEFAULT"
 
     def rewind(self) -> bool:
         self._close()
@@ -164,35 +171,33 @@ class StreamSource:
 
 
 class FrameCount:
-    """Frames of a stream passed so far, the skipped ones included, told from the decoded frames' timestamps.
+    """Frames of a stream passed so far, the ones the decoder skipped included, told from timestamps.
 
-    The count is the furthest timestamp seen, in frames from the first, and never less than the frames
-    decoded: frames delivered out of order (as some RTSP servers' B frames are) each still count one, and
-    the jumps after them are smaller by as much.
+    While every frame is decoded each counts one: a gap in the timestamps is the stream's own (a live
+    camera lowering its rate, a cut in a file), not frames skipped. While skipping, a frame counts the
+    frames from the furthest timestamp seen before it; frames delivered out of order (as some RTSP servers'
+    B frames are) count one each and the jumps after them are smaller by as much; a jump of more than
+    `_LONGEST_SKIP` frames is the stream's clock, not frames skipped.
     """
 
-    def __init__(self, frames_per_tick: float | None, resync_after: int | None) -> None:
-        self._frames_per_tick = frames_per_tick  # None: no usable clock, every frame counts one
-        # A live stream's clock may jump (a camera resynchronising): a jump of more frames than this is
-        # not frames skipped, the count goes on from there.
-        self._resync_after = resync_after
-        self._first: int | None = None
+    def __init__(self, frames_per_tick: float) -> None:
+        self._frames_per_tick = frames_per_tick
+        self._started = False
+        self._first = 0  # the position the count starts from
         self._furthest = 0
-        self._decoded = 0
         self._counted = 0
 
-    def advance(self, pts: int | None) -> int:
+    def advance(self, pts: int, skipping: bool) -> int:
         """One more frame decoded, at `pts`: how many frames of the stream that moved on (at least 1)."""
-        self._decoded += 1
-        total = self._decoded
-        if pts is not None and self._frames_per_tick is not None:
-            position = round(pts * self._frames_per_tick)
-            jumped = self._resync_after is not None and abs(position - self._furthest) > self._resync_after
-            if self._first is None or jumped:
-                self._first, self._furthest = position - self._counted, position
-            self._furthest = max(self._furthest, position)
-            total = max(total, self._furthest - self._first + 1)
-        step = max(1, total - self._counted)
+        position = round(pts * self._frames_per_tick)
+        jumped = not self._started or abs(position - self._furthest) > _LONGEST_SKIP
+        self._started = True
+        self._furthest = position if jumped else max(self._furthest, position)
+        if jumped or not skipping:
+            self._counted += 1
+            self._first = self._furthest - self._counted + 1
+            return 1
+        step = max(1, self._furthest - self._first + 1 - self._counted)
         self._counted += step
         return step
 

@@ -11,8 +11,9 @@ Measured, not guessed, because the share a stream can spare depends on how it wa
   the stream's frames;
 - it stops when detection is starved: it took nearly every frame still decoded and got fewer per
   second than before skipping; then it is not tried again for `RETRY_S`;
-- every `PROBE_S` it stops for one window anyway, to measure the demand afresh (the box may no
-  longer be overloaded).
+- it stops for one window to measure the demand afresh when detection takes every frame still decoded
+  and clearly more per second than before (detection resumed, the box no longer overloaded), and every
+  `PROBE_S` anyway.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ WINDOW_S = 2.0  # demand is measured over windows of this many seconds
 START_SHARE = 0.55  # skip when detection used at most this share of the stream's frames
 STARVED_SHARE = 0.9  # ... and stop when it takes at least this share of the frames still decoded
 STARVED_RATE = 0.9  # ... while getting less than this fraction of the frames/s it had before
+DEMAND_ROSE = 1.5  # ... and measure the demand again when it takes this much more than before skipping
 PROBE_S = 60.0
 RETRY_S = 60.0
 
@@ -71,6 +73,11 @@ class Thinning:
         if decoded_share >= STARVED_SHARE and rate < STARVED_RATE * self._full_rate:
             self._not_before = now + RETRY_S
             return self._switch(now, False, f"detection got {rate:.1f} frames/s instead of {self._full_rate:.1f}")
+        if decoded_share >= STARVED_SHARE and rate > DEMAND_ROSE * self._full_rate:
+            # Detection takes all it gets, and more than before (resumed, or the box no longer overloaded):
+            # it may want every frame now.
+            self._probing = True
+            return self._switch(now, False, "detection takes more frames than before", probe=True)
         if now - self._since >= PROBE_S:
             self._probing = True
             return self._switch(now, False, "measuring the demand again", probe=True)

@@ -47,23 +47,28 @@ def test_frames_decoded_while_skipping_are_bit_identical_to_full_decoding(shared
         reference.release()
 
 
-def _steps(positions: list[int | None], *, live: bool = False) -> list[int]:
-    count = FrameCount(1.0, resync_after=16 if live else None)
-    return [count.advance(position) for position in positions]
+def _steps(positions: list[int], *, skipping: bool = True) -> list[int]:
+    count = FrameCount(1.0)
+    return [count.advance(position, skipping) for position in positions]
 
 
 def test_frames_the_decoder_skipped_are_counted_from_the_timestamps() -> None:
     assert _steps([0, 2, 4, 5, 6, 8]) == [1, 2, 2, 1, 1, 2]
 
 
+def test_a_gap_in_the_timestamps_while_every_frame_is_decoded_is_not_frames_skipped() -> None:
+    # A live camera halving its rate at night, or a cut in a file: each decoded frame is one frame.
+    assert _steps([0, 2, 4, 6], skipping=False) == [1, 1, 1, 1]
+
+
 def test_frames_delivered_out_of_order_count_one_each() -> None:
-    # As the test RTSP server's B frames arrive: nothing was skipped, 13 frames are 13.
-    assert sum(_steps([None, 3, 2, 4, 1, 7, 6, 8, 5, 11, 10, 12, 9], live=True)) == 13
+    # As the test RTSP server's B frames arrive: nothing was skipped, 12 frames are 12.
+    assert sum(_steps([3, 2, 4, 1, 7, 6, 8, 5, 11, 10, 12, 9])) == 12
 
 
-def test_a_live_clock_that_jumps_is_not_counted_as_frames_skipped() -> None:
-    assert _steps([0, 1, 2, 10_000, 10_001, 10_003], live=True) == [1, 1, 1, 1, 1, 2]
-    assert _steps([500, 501, 503, 0, 1, 3], live=True) == [1, 1, 2, 1, 1, 2]
+def test_a_clock_that_jumps_is_not_counted_as_frames_skipped() -> None:
+    assert _steps([0, 1, 2, 10_000, 10_001, 10_003]) == [1, 1, 1, 1, 1, 2]
+    assert _steps([500, 501, 503, 0, 1, 3]) == [1, 1, 2, 1, 1, 2]
 
 
 class _Feed:
@@ -99,6 +104,13 @@ def test_skipping_stops_when_detection_is_starved_and_is_not_retried_at_once() -
     # This stream spares little: every third frame decoded, every one of them taken, fewer per second than before.
     assert feed.run(WINDOW_S * 3, STREAM_FPS / 3, 1.0, advanced=3) == [False]
     assert feed.run(RETRY_S / 2, STREAM_FPS, 0.3) == []
+
+
+def test_skipping_pauses_at_once_when_detection_takes_more_than_before() -> None:
+    feed = _Feed()
+    assert feed.run(WINDOW_S * 1.6, STREAM_FPS, 0.0) == [True]  # detection paused: nothing used
+    # Resumed: it takes every frame still decoded; within the next whole window skipping pauses to measure.
+    assert feed.run(WINDOW_S * 2, STREAM_FPS / 2, 1.0, advanced=2)[:1] == [False]
 
 
 def test_skipping_pauses_every_minute_to_measure_the_demand_again() -> None:

@@ -73,10 +73,14 @@ class BgrConverter:
     def __init__(self) -> None:
         self._context: int | None = None
         self._pool = BufferPool()
+        self._formats: dict[str, int] = {}  # swscale's number for each pixel format name seen
 
     def convert(self, frame: av.VideoFrame) -> Image:
         sws = _SWSCALE
-        source_format = sws.get_pix_fmt(frame.format.name.encode()) if sws is not None else -1
+        name = frame.format.name
+        if sws is not None and name not in self._formats:
+            self._formats[name] = sws.get_pix_fmt(name.encode())
+        source_format = self._formats.get(name, -1)
         if sws is None or source_format < 0:
             return cast(Image, frame.to_ndarray(format="bgr24"))
         width, height = frame.width, frame.height

@@ -78,6 +78,8 @@ class StreamSource:
         self._camera, self._config = camera, config
         self._skipping = False
         self.can_skip = True  # until the stream turns out to have no usable timestamps
+        if config.kind == "video":
+            _refuse_image(camera, config.url)  # once: a file that loops is reopened every time it ends
         self._converter = BgrConverter()
         self._open()
 
@@ -101,7 +103,6 @@ class StreamSource:
     def _connect(self) -> av.container.InputContainer:
         url, kind = self._config.url, self._config.kind
         if kind == "video":
-            _refuse_image(self._camera, url)
             options: dict[str, str] = {}
             timeout: tuple[float, float] | None = None
         else:

@@ -22,10 +22,9 @@ class Dispatcher:
     def __init__(self, engine: Engine, on_result: ResultCallback) -> None:
         self._engine = engine
         self._on_result = on_result
-        self._slots: dict[str, FrameSlot] = {}
+        self._slots: dict[str, FrameSlot] = {}  # in service order: the camera served longest ago first
         self._in_order: dict[str, deque[Frame]] = {}  # per camera: frames in flight, oldest first
         self._finished: dict[int, Result] = {}  # by id(frame): results waiting for an older frame
-        self._cursor = 0
         self._wake = asyncio.Event()  # a fresh frame arrived or a request came back
         self._idle = asyncio.Event()
         self._idle.set()
@@ -52,13 +51,13 @@ class Dispatcher:
         await self._idle.wait()
 
     def _next_frame(self) -> Frame | None:
-        """The next camera after the last one served that has a fresh frame: none can starve."""
-        names = list(self._slots)
-        for step in range(len(names)):
-            position = (self._cursor + step) % len(names)
-            frame = self._slots[names[position]].take()
+        """The fresh frame of the camera served longest ago: none can starve, and a camera whose frame was
+        not ready when its turn came goes first once it is (a cursor going round would make it wait a
+        whole round, and cameras whose decoders lag would fall behind the others)."""
+        for camera, slot in self._slots.items():
+            frame = slot.take()
             if frame is not None:
-                self._cursor = position + 1
+                self._slots[camera] = self._slots.pop(camera)  # now served last
                 return frame
         return None
 

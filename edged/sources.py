@@ -22,6 +22,7 @@ from edged.config import CameraConfig
 from edged.convert import BgrConverter
 from edged.errors import EdgedError
 from edged.frame import BufferPool, Image
+from edged.priority import at_lowest_priority
 from edged.sniff import sniff
 
 IMAGE_DEFAULT_FPS = 1.0  # an image camera repeats its image at this rate unless `fps` says otherwise
@@ -88,6 +89,14 @@ class StreamSource:
         self._stream = stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame and slice threads, as OpenCV decodes
         stream.codec_context.skip_frame = "NONREF" if self._skipping else "DEFAULT"
+        # Opening starts the decoder's threads: at the lowest priority, while this thread converts and
+        # resizes at its own (edged/priority.py).
+        try:
+            at_lowest_priority(stream.codec_context.open)
+        except (av.error.FFmpegError, OSError) as error:
+            container.close()
+            problem = f"cannot decode the video of {self._config.safe_url} ({_reason(error)})"
+            raise _open_error(self._camera, self._config, problem) from None
         self._packets = container.demux(stream)
         self._decoded: deque[av.VideoFrame] = deque()
         self._frame: av.VideoFrame | None = None

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import queue
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from edged.priority import CAMERA_NICENESS, nicer_by
 
 log = logging.getLogger("edged.camera")
 
@@ -40,20 +41,6 @@ def join_all(timeout: float) -> list[str]:
     for worker in list(_workers):
         worker.join(max(0.0, deadline - time.monotonic()))
     return busy_workers()
-
-
-CAMERA_NICENESS = 5  # camera threads run this much nicer than the rest of edged
-
-
-def _yield_to_inference() -> None:
-    """Lower this thread's scheduling priority (Linux: niceness is per thread, inherited by the threads
-    it starts, such as FFmpeg's decoders). When decoding more than the box can take, the decoders then
-    get what inference leaves instead of starving it: frames are shed at the source, not queued."""
-    thread = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + CAMERA_NICENESS)
-    except OSError as error:  # not permitted in some sandboxes: run at normal priority
-        log.debug("camera thread priority unchanged: %s", error)
 
 
 class Worker:
@@ -110,7 +97,7 @@ class Worker:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        _yield_to_inference()
+        nicer_by(CAMERA_NICENESS)  # see edged/priority.py
         while (job := self._jobs.get()) is not None:
             function, args, settle = job
             try:

@@ -1,0 +1,63 @@
+"""Who gets the cores first when there are not enough: inference, then a frame's conversion, decoding last.
+
+Linux niceness is per thread and inherited by the threads a thread starts. edged's own threads
+(event loop, OpenVINO's) keep the process's niceness; a camera's thread runs `CAMERA_NICENESS` nicer,
+so resizing never starves inference; FFmpeg's decoder threads, which a decoder starts when it is
+opened, run at the lowest priority: they get what the rest leaves. A frame's conversion and resizing
+then run as soon as it is decoded (its age is counted from there), and a box that cannot decode
+everything decodes less instead of delaying the frames already decoded (docs/performance-notes.md,
+section g, has the figures).
+
+Raising a thread's niceness needs no privilege; lowering it again does, which a service user lacks:
+so decoders are opened on a short-lived thread that is made nicer, never by a thread made nicer and
+back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+log = logging.getLogger("edged.priority")
+
+T = TypeVar("T")
+
+CAMERA_NICENESS = 5  # camera threads run this much nicer than the rest of edged
+LOWEST = 19  # the nicest a Linux thread can be
+
+
+def nicer_by(steps: int) -> None:
+    """Lower the calling thread's priority by `steps` (at most to the lowest); silent where not permitted."""
+    thread = threading.get_native_id()
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(LOWEST, current + steps))
+    except OSError as error:  # not permitted in some sandboxes: run at the priority given
+        log.debug("thread priority unchanged: %s", error)
+
+
+def at_lowest_priority(function: Callable[[], T]) -> T:
+    """Run `function` on a thread of its own at the lowest priority and return its result (or raise its error).
+
+    For opening decoders: the threads a decoder starts when it is opened inherit that priority, while
+    the caller keeps its own.
+    """
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        nicer_by(LOWEST)
+        try:
+            outcome.append(function())
+        except BaseException as error:  # handed to the caller, raised there
+            failure.append(error)
+
+    thread = threading.Thread(target=run, name=f"{threading.current_thread().name}-open", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]

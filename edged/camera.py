@@ -69,7 +69,9 @@ class _Opening:
 @dataclass(slots=True)
 class _Decoded:
     index: int
-    captured: float  # Unix time the frame was read, or when a real-time file frame falls due
+    # Unix time the frame was decoded, as for a live stream; a real-time file's frame decoded ahead
+    # of its time counts from when it falls due.
+    captured: float
     due: float | None  # for real-time files: wait until then before handing the frame over
     image: Image
     tensor: Image
@@ -233,7 +235,7 @@ class Camera:
             if opening.selector.want(stream_time):
                 image = source.retrieve()
                 self._check_size(image)
-                return _Decoded(index, now if due is None else due, due, image, self._tensor(source, image))
+                return _Decoded(index, now if due is None else max(due, now), due, image, self._tensor(source, image))
 
     def _thin(self, opening: _Opening, now: float, advanced: int) -> None:
         """Let the decoder skip unreferenced frames while detection would not use them anyway."""

@@ -9,11 +9,15 @@ bit-identical, so detections do not change.
 Measured, not guessed, because the share a stream can spare depends on how it was encoded:
 - skipping starts after a window of full decoding in which detection used at most `START_SHARE` of
   the stream's frames;
-- it stops when detection is starved: it took nearly every frame still decoded and got fewer per
-  second than before skipping; then it is not tried again for `RETRY_S`;
+- it stops when detection is starved: it took nearly every frame still decoded and a smaller share of
+  the stream than before skipping; then it is not tried again for `RETRY_S`;
 - it stops for one window to measure the demand afresh when detection takes every frame still decoded
-  and clearly more per second than before (detection resumed, the box no longer overloaded), and every
+  and a clearly larger share than before (detection resumed, the box no longer overloaded), and every
   `PROBE_S` anyway.
+
+Shares of the stream's frames, not frames per second: a decoder that falls behind real time on a busy
+box passes fewer frames per second whether it skips or not, and must not be taken for one that skips
+frames detection wants (decoding everything again would only put it further behind).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 WINDOW_S = 2.0  # demand is measured over windows of this many seconds
 START_SHARE = 0.55  # skip when detection used at most this share of the stream's frames
 STARVED_SHARE = 0.9  # ... and stop when it takes at least this share of the frames still decoded
-STARVED_RATE = 0.9  # ... while getting less than this fraction of the frames/s it had before
+STARVED_SHARE_OF_BEFORE = 0.9  # ... while getting less than this fraction of the share it had before
 DEMAND_ROSE = 1.5  # ... and measure the demand again when it takes this much more than before skipping
 PROBE_S = 60.0
 RETRY_S = 60.0
@@ -45,7 +49,7 @@ class Thinning:
         self._advanced = 0  # frames of the stream passed in this window (decoded or skipped)
         self._decoded = 0
         self._used_before = 0  # the running count of frames used, at the window's start
-        self._full_rate = 0.0  # frames/s detection used in the last window of full decoding
+        self._full_share = 0.0  # the share of the stream detection used in the last window of full decoding
         self._since = 0.0  # when skipping last started
         self._not_before = 0.0  # no new start before this (after detection was starved)
         self._probing = False
@@ -62,18 +66,18 @@ class Thinning:
             return None
         window_used = used - self._used_before
         share, decoded_share = window_used / self._advanced, window_used / self._decoded
-        rate = window_used / elapsed
         self._window_start, self._used_before, self._advanced, self._decoded = now, used, 0, 0
         if not self.skipping:
-            self._full_rate = rate
+            self._full_share = share
             probed, self._probing = self._probing, False
             if share <= START_SHARE and now >= self._not_before:
                 return self._switch(now, True, f"detection used {share:.0%} of the frames")
             return Change(False, f"detection used {share:.0%} of the frames") if probed else None
-        if decoded_share >= STARVED_SHARE and rate < STARVED_RATE * self._full_rate:
+        if decoded_share >= STARVED_SHARE and share < STARVED_SHARE_OF_BEFORE * self._full_share:
             self._not_before = now + RETRY_S
-            return self._switch(now, False, f"detection got {rate:.1f} frames/s instead of {self._full_rate:.1f}")
-        if decoded_share >= STARVED_SHARE and rate > DEMAND_ROSE * self._full_rate:
+            reason = f"detection got {share:.0%} of the frames instead of {self._full_share:.0%}"
+            return self._switch(now, False, reason)
+        if decoded_share >= STARVED_SHARE and share > DEMAND_ROSE * self._full_share:
             # Detection takes all it gets, and more than before (resumed, or the box no longer overloaded):
             # it may want every frame now.
             self._probing = True

@@ -106,6 +106,13 @@ def test_skipping_stops_when_detection_is_starved_and_is_not_retried_at_once() -
     assert feed.run(RETRY_S / 2, STREAM_FPS, 0.3) == []
 
 
+def test_a_decoder_falling_behind_real_time_is_not_taken_for_starved_detection() -> None:
+    feed = _Feed()
+    assert feed.run(WINDOW_S * 1.6, STREAM_FPS, 0.5) == [True]
+    # A busy box: the decoder passes a third fewer frames per second, detection still takes every other one.
+    assert feed.run(WINDOW_S * 5, STREAM_FPS / 2 * 0.66, 1.0, advanced=2) == []
+
+
 def test_skipping_pauses_at_once_when_detection_takes_more_than_before() -> None:
     feed = _Feed()
     assert feed.run(WINDOW_S * 1.6, STREAM_FPS, 0.0) == [True]  # detection paused: nothing used

@@ -1,4 +1,4 @@
-"""Feeding one engine from its cameras' slots: round-robin, never more frames than free requests.
+"""Feeding one engine from its cameras' slots: fair turns, never more frames than free requests.
 
 Back-pressure is explicit: a frame is taken from a slot only when a request is free, so while the
 model is busy each camera's slot keeps just its newest frame and stale ones are shed and counted.

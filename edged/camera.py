@@ -220,7 +220,10 @@ class Camera:
             self.frames_read += advanced
             self.frames_decoded += 1
             if source.can_skip:
-                self._thin(opening, now_mono, advanced)
+                # A real-time stream's clock tells whether its decoder keeps up; a file read as fast as
+                # detection goes has no pace to keep.
+                real_time = source.native_fps is None or self.config.realtime
+                self._thin(opening, now_mono, advanced, source.position if real_time else None)
             if source.native_fps is None:
                 stream_time, due = now, None
             else:
@@ -237,9 +240,9 @@ class Camera:
                 self._check_size(image)
                 return _Decoded(index, now if due is None else max(due, now), due, image, self._tensor(source, image))
 
-    def _thin(self, opening: _Opening, now: float, advanced: int) -> None:
+    def _thin(self, opening: _Opening, now: float, advanced: int, position: float | None) -> None:
         """Let the decoder skip unreferenced frames while detection would not use them anyway."""
-        change = opening.thinning.observe(now, advanced, self.slot.taken)
+        change = opening.thinning.observe(now, advanced, self.slot.taken, position)
         if change is None:
             return
         opening.source.skip_unreferenced(change.skip)

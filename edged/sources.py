@@ -48,6 +48,7 @@ class Source(Protocol):
     native_fps: float | None  # frames per second of a file; None for live sources
     still: bool  # every frame is the same image (prepared for the model once, not per frame)
     can_skip: bool  # its decoder can skip unreferenced frames (`skip_unreferenced`)
+    position: float | None  # the time of the frame last grabbed on the stream's clock, seconds (None: unknown)
 
     def grab(self) -> int:
         """Advance to the next decoded frame without converting it to pixels.
@@ -74,6 +75,7 @@ class StreamSource:
     """H.264/H.265 (any FFmpeg video) files and RTSP streams through PyAV."""
 
     still = False
+    position: float | None = None
 
     def __init__(self, camera: str, config: CameraConfig) -> None:
         self._camera, self._config = camera, config
@@ -86,17 +88,11 @@ class StreamSource:
 
     def _open(self) -> None:
         self._container = container = self._connect()
-        self._stream = stream = container.streams.video[0]
-        stream.thread_type = "AUTO"  # frame and slice threads, as OpenCV decodes
-        stream.codec_context.skip_frame = "NONREF" if self._skipping else "DEFAULT"
-        # Opening starts the decoder's threads: at the lowest priority, while this thread converts and
-        # resizes at its own (edged/priority.py).
         try:
-            at_lowest_priority(stream.codec_context.open)
-        except (av.error.FFmpegError, OSError) as error:
+            self._stream = stream = self._start_decoder(container)
+        except BaseException:
             container.close()
-            problem = f"cannot decode the video of {self._config.safe_url} ({_reason(error)})"
-            raise _open_error(self._camera, self._config, problem) from None
+            raise
         self._packets = container.demux(stream)
         self._decoded: deque[av.VideoFrame] = deque()
         self._frame: av.VideoFrame | None = None
@@ -104,7 +100,8 @@ class StreamSource:
         rate = stream.average_rate or stream.guessed_rate
         known_rate = float(rate) if rate and 0 < rate < 1000 else None
         self.native_fps: float | None = None if live else known_rate or _DEFAULT_FILE_FPS
-        frames_per_tick = known_rate * float(stream.time_base) if known_rate and stream.time_base else None
+        self._seconds_per_tick = float(stream.time_base) if stream.time_base else None
+        frames_per_tick = known_rate * self._seconds_per_tick if known_rate and self._seconds_per_tick else None
         # Without a clock the frames skipped could not be counted, and a file's pace depends on the count.
         self.can_skip = frames_per_tick is not None
         self._count = FrameCount(frames_per_tick or 0.0)
@@ -130,11 +127,28 @@ class StreamSource:
             raise _open_error(self._camera, self._config, f"{url_shown} has no video stream")
         return container
 
+    def _start_decoder(self, container: av.container.InputContainer) -> av.VideoStream:
+        stream = container.streams.video[0]
+        if stream.codec_context is None:
+            raise _open_error(self._camera, self._config, f"{self._config.safe_url}: no decoder for its video")
+        stream.thread_type = "AUTO"  # frame and slice threads, as OpenCV decodes
+        stream.codec_context.skip_frame = "NONREF" if self._skipping else "DEFAULT"
+        # Opening starts the decoder's threads: at the lowest priority, while this thread converts and
+        # resizes at its own (edged/priority.py).
+        try:
+            at_lowest_priority(stream.codec_context.open)
+        except (av.error.FFmpegError, OSError) as error:
+            problem = f"cannot decode the video of {self._config.safe_url} ({_reason(error)})"
+            raise _open_error(self._camera, self._config, problem) from None
+        return stream
+
     def grab(self) -> int:
         frame = self._next_decoded()
         if frame is None:
             return 0
         self._frame = frame
+        ticks = self._seconds_per_tick
+        self.position = frame.pts * ticks if frame.pts is not None and ticks is not None else None
         if frame.pts is None:
             if self._skipping:  # the frames skipped cannot be counted (raw H.264 has no timestamps)
                 self.skip_unreferenced(False)
@@ -217,6 +231,7 @@ class CaptureSource:
 
     still = False
     can_skip = False
+    position: float | None = None
 
     def __init__(self, camera: str, config: CameraConfig) -> None:
         self._camera, self._config = camera, config
@@ -277,6 +292,7 @@ class ImageSource:
 
     still = True
     can_skip = False
+    position: float | None = None
 
     def __init__(self, camera: str, config: CameraConfig) -> None:
         image = cv2.imread(config.url, cv2.IMREAD_COLOR)

@@ -17,7 +17,12 @@ Measured, not guessed, because the share a stream can spare depends on how it wa
 
 Shares of the stream's frames, not frames per second: a decoder that falls behind real time on a busy
 box passes fewer frames per second whether it skips or not, and must not be taken for one that skips
-frames detection wants (decoding everything again would only put it further behind).
+frames detection wants (decoding everything again would only put it further behind). A real-time
+stream's frames come at the stream's pace whether they are decoded or not, so for one whose decoder
+is behind (its timestamps advanced less than `BEHIND` of the wall clock in a window), the share is of
+the frames real time brought: detection taking every frame a lagging decoder delivers is still using
+only part of the stream, and skipping is what lets the decoder keep up (a live camera's backlog
+would otherwise only grow).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ START_SHARE = 0.55  # skip when detection used at most this share of the stream'
 STARVED_SHARE = 0.9  # ... and stop when it takes at least this share of the frames still decoded
 STARVED_SHARE_OF_BEFORE = 0.9  # ... while getting less than this fraction of the share it had before
 DEMAND_ROSE = 1.5  # ... and measure the demand again when it takes this much more than before skipping
+BEHIND = 0.9  # a real-time stream whose timestamps advanced less than this share of the wall clock lags
 PROBE_S = 60.0
 RETRY_S = 60.0
 
@@ -46,46 +52,67 @@ class Thinning:
     def __init__(self) -> None:
         self.skipping = False
         self._window_start: float | None = None
+        self._first_position: float | None = None  # the stream's clock (seconds) at the window's start
+        self._furthest: float | None = None  # the furthest the stream's clock got in the window
         self._advanced = 0  # frames of the stream passed in this window (decoded or skipped)
         self._decoded = 0
         self._used_before = 0  # the running count of frames used, at the window's start
         self._full_share = 0.0  # the share of the stream detection used in the last window of full decoding
+        self._full_lagged = False  # ... in which the decoder fell behind real time
         self._since = 0.0  # when skipping last started
         self._not_before = 0.0  # no new start before this (after detection was starved)
         self._probing = False
 
-    def observe(self, now: float, advanced: int, used: int) -> Change | None:
+    def observe(self, now: float, advanced: int, used: int, position: float | None = None) -> Change | None:
         """After each decoded frame: `advanced` frames of the stream it moved on, `used` the running count of
-        frames detection has taken. Returns the decision when it changes."""
+        frames detection has taken, `position` the frame's time on the stream's clock in seconds (real-time
+        streams only: None for a file read as fast as detection goes). Returns the decision when it changes."""
         if self._window_start is None:
-            self._window_start, self._used_before = now, used
+            self._window_start, self._used_before, self._first_position = now, used, position
         self._advanced += advanced
         self._decoded += 1
+        if position is not None:
+            self._furthest = position if self._furthest is None else max(self._furthest, position)
         elapsed = now - self._window_start
         if elapsed < WINDOW_S:
             return None
         window_used = used - self._used_before
-        share, decoded_share = window_used / self._advanced, window_used / self._decoded
+        lag = self._lag(elapsed)
+        share, decoded_share = window_used / (self._advanced / lag), window_used / self._decoded
         self._window_start, self._used_before, self._advanced, self._decoded = now, used, 0, 0
+        self._first_position = self._furthest = position
         if not self.skipping:
-            self._full_share = share
+            self._full_share, self._full_lagged = share, lag < 1.0
             probed, self._probing = self._probing, False
             if share <= START_SHARE and now >= self._not_before:
-                return self._switch(now, True, f"detection used {share:.0%} of the frames")
+                behind = f"the decoder kept up with {lag:.0%} of real time, " if lag < 1.0 else ""
+                return self._switch(now, True, f"{behind}detection used {share:.0%} of the frames")
             return Change(False, f"detection used {share:.0%} of the frames") if probed else None
-        if decoded_share >= STARVED_SHARE and share < STARVED_SHARE_OF_BEFORE * self._full_share:
+        if lag == 1.0 and decoded_share >= STARVED_SHARE and share < STARVED_SHARE_OF_BEFORE * self._full_share:
             self._not_before = now + RETRY_S
             reason = f"detection got {share:.0%} of the frames instead of {self._full_share:.0%}"
             return self._switch(now, False, reason)
-        if decoded_share >= STARVED_SHARE and share > DEMAND_ROSE * self._full_share:
+        if not self._full_lagged and decoded_share >= STARVED_SHARE and share > DEMAND_ROSE * self._full_share:
             # Detection takes all it gets, and more than before (resumed, or the box no longer overloaded):
-            # it may want every frame now.
+            # it may want every frame now. Not after a lagging decoder: that skipping lets detection have
+            # more is the point of it.
             self._probing = True
             return self._switch(now, False, "detection takes more frames than before", probe=True)
         if now - self._since >= PROBE_S:
             self._probing = True
             return self._switch(now, False, "measuring the demand again", probe=True)
         return None
+
+    def _lag(self, elapsed: float) -> float:
+        """The share of the wall clock the stream's clock advanced in the window, if it fell behind; else 1.
+
+        Only a clock that moved forward by less than `BEHIND` counts: a jump back (a file looping) or ahead
+        (a live camera's clock reset) says nothing about the decoder's pace.
+        """
+        if self._first_position is None or self._furthest is None:
+            return 1.0
+        advanced = self._furthest - self._first_position
+        return advanced / elapsed if 0 < advanced < BEHIND * elapsed else 1.0
 
     def _switch(self, now: float, skip: bool, reason: str, *, probe: bool = False) -> Change:
         self.skipping, self._since = skip, now

@@ -75,9 +75,10 @@ class _Feed:
     """Frames fed to a Thinning as a camera thread does: `fps` decoded per second, each `advanced` frames of the
     stream on, detection taking `share` of them."""
 
-    def __init__(self) -> None:
+    def __init__(self, real_time: bool = False) -> None:
         self.thinning = Thinning()
-        self._t, self._used = 0.0, 0.0
+        self._t, self._used, self._frames = 0.0, 0.0, 0
+        self._real_time = real_time  # the stream's clock is given: a live camera, a file played in real time
 
     def run(self, seconds: float, fps: float, share: float, advanced: int = 1) -> list[bool]:
         """The decisions made, in order."""
@@ -85,7 +86,9 @@ class _Feed:
         for _ in range(int(seconds * fps)):
             self._t += 1 / fps
             self._used += share
-            if (change := self.thinning.observe(self._t, advanced, int(self._used))) is not None:
+            self._frames += advanced
+            position = self._frames / STREAM_FPS if self._real_time else None
+            if (change := self.thinning.observe(self._t, advanced, int(self._used), position)) is not None:
                 decisions.append(change.skip)
         return decisions
 
@@ -107,10 +110,27 @@ def test_skipping_stops_when_detection_is_starved_and_is_not_retried_at_once() -
 
 
 def test_a_decoder_falling_behind_real_time_is_not_taken_for_starved_detection() -> None:
-    feed = _Feed()
+    feed = _Feed(real_time=True)
     assert feed.run(WINDOW_S * 1.6, STREAM_FPS, 0.5) == [True]
     # A busy box: the decoder passes a third fewer frames per second, detection still takes every other one.
     assert feed.run(WINDOW_S * 5, STREAM_FPS / 2 * 0.66, 1.0, advanced=2) == []
+
+
+def test_a_live_decoder_behind_real_time_skips_though_detection_takes_every_frame_it_decodes() -> None:
+    """Its frames keep coming whether decoded or not: decoding less is how it catches up."""
+    feed = _Feed(real_time=True)
+    assert feed.run(WINDOW_S * 1.6, STREAM_FPS * 0.4, 1.0) == [True]
+
+
+def test_a_file_read_as_fast_as_detection_goes_never_skips_however_slowly_it_is_decoded() -> None:
+    assert _Feed().run(30.0, STREAM_FPS * 0.4, 1.0) == []
+
+
+def test_a_decoder_that_caught_up_by_skipping_keeps_skipping() -> None:
+    feed = _Feed(real_time=True)
+    assert feed.run(WINDOW_S * 1.6, STREAM_FPS * 0.4, 1.0) == [True]
+    # Skipping every other frame, the decoder keeps up and detection gets more frames: not a rise in demand.
+    assert feed.run(WINDOW_S * 10, STREAM_FPS / 2, 0.9, advanced=2) == []
 
 
 def test_skipping_pauses_at_once_when_detection_takes_more_than_before() -> None:

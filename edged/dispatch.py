@@ -54,12 +54,13 @@ class Dispatcher:
         """The fresh frame of the camera served longest ago: none can starve, and a camera whose frame was
         not ready when its turn came goes first once it is (a cursor going round would make it wait a
         whole round, and cameras whose decoders lag would fall behind the others)."""
-        for camera, slot in self._slots.items():
-            frame = slot.take()
-            if frame is not None:
-                self._slots[camera] = self._slots.pop(camera)  # now served last
-                return frame
-        return None
+        for slot in self._slots.values():
+            if (frame := slot.take()) is not None:
+                break
+        else:
+            return None
+        self._slots[slot.camera] = self._slots.pop(slot.camera)  # now served last (after the loop: it reorders)
+        return frame
 
     def _submit(self, frame: Frame) -> None:
         self.in_flight += 1

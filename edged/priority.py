@@ -2,8 +2,11 @@
 
 Linux niceness is per thread and inherited by the threads a thread starts. edged's own threads
 (event loop, OpenVINO's) keep the process's niceness; a camera's thread runs `CAMERA_NICENESS` nicer,
-so resizing never starves inference; FFmpeg's decoder threads, which a decoder starts when it is
-opened, run at the lowest priority: they get what the rest leaves. A frame's conversion and resizing
+so resizing never starves inference; the decoder threads PyAV's FFmpeg starts when a file or RTSP
+decoder is opened run at the lowest priority: they get what the rest leaves. (OpenCV's readers, for
+USB and MJPEG, decode at their camera thread's priority.) The lowest is the lowest on the whole host:
+other programs' work goes first too, and a live camera whose decoder falls behind real time decodes
+less to keep up (`edged.thinning`). A frame's conversion and resizing
 then run as soon as it is decoded (its age is counted from there), and a box that cannot decode
 everything decodes less instead of delaying the frames already decoded (docs/performance-notes.md,
 section g, has the figures).
@@ -31,10 +34,17 @@ LOWEST = 19  # the nicest a Linux thread can be
 
 def nicer_by(steps: int) -> None:
     """Lower the calling thread's priority by `steps` (at most to the lowest); silent where not permitted."""
+    _renice(lambda current: min(LOWEST, current + steps))
+
+
+def _lowest() -> None:
+    _renice(lambda current: LOWEST)
+
+
+def _renice(niceness: Callable[[int], int]) -> None:
     thread = threading.get_native_id()
     try:
-        current = os.getpriority(os.PRIO_PROCESS, thread)
-        os.setpriority(os.PRIO_PROCESS, thread, min(LOWEST, current + steps))
+        os.setpriority(os.PRIO_PROCESS, thread, niceness(os.getpriority(os.PRIO_PROCESS, thread)))
     except OSError as error:  # not permitted in some sandboxes: run at the priority given
         log.debug("thread priority unchanged: %s", error)
 
@@ -49,7 +59,7 @@ def at_lowest_priority(function: Callable[[], T]) -> T:
     failure: list[BaseException] = []
 
     def run() -> None:
-        nicer_by(LOWEST)
+        _lowest()
         try:
             outcome.append(function())
         except BaseException as error:  # handed to the caller, raised there

@@ -3,13 +3,14 @@
 Linux niceness is per thread and inherited by the threads a thread starts. edged's own threads
 (event loop, OpenVINO's) keep the process's niceness; a camera's thread runs `CAMERA_NICENESS` nicer,
 so resizing never starves inference; the decoder threads PyAV's FFmpeg starts when a file or RTSP
-decoder is opened run at the lowest priority: they get what the rest leaves. (OpenCV's readers, for
-USB and MJPEG, decode at their camera thread's priority.) The lowest is the lowest on the whole host:
-other programs' work goes first too, and a live camera whose decoder falls behind real time decodes
-less to keep up (`edged.thinning`). A frame's conversion and resizing
-then run as soon as it is decoded (its age is counted from there), and a box that cannot decode
-everything decodes less instead of delaying the frames already decoded (docs/performance-notes.md,
-section g, has the figures).
+decoder is opened run at the lowest priority: they get what the rest leaves. A frame's conversion and
+resizing then run as soon as it is decoded (its age is counted from there), and a box that cannot
+decode everything decodes less instead of delaying the frames already decoded
+(docs/performance-notes.md, section g, has the figures).
+
+The lowest is the lowest on the whole host: other programs' work goes first too, and a live camera
+whose decoder falls behind real time decodes less to keep up (`edged.thinning`). OpenCV's readers
+(USB, MJPEG) decode at their camera thread's priority.
 
 Raising a thread's niceness needs no privilege; lowering it again does, which a service user lacks:
 so decoders are opened on a short-lived thread that is made nicer, never by a thread made nicer and

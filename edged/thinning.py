@@ -35,6 +35,7 @@ STARVED_SHARE = 0.9  # ... and stop when it takes at least this share of the fra
 STARVED_SHARE_OF_BEFORE = 0.9  # ... while getting less than this fraction of the share it had before
 DEMAND_ROSE = 1.5  # ... and measure the demand again when it takes this much more than before skipping
 BEHIND = 0.9  # a real-time stream whose timestamps advanced less than this share of the wall clock lags
+CLOCK_JUMP_S = 1.0  # a timestamp this far behind the furthest seen is the stream's clock starting over
 PROBE_S = 60.0
 RETRY_S = 60.0
 
@@ -54,6 +55,7 @@ class Thinning:
         self._window_start: float | None = None
         self._first_position: float | None = None  # the stream's clock (seconds) at the window's start
         self._furthest: float | None = None  # the furthest the stream's clock got in the window
+        self._clock_jumped = False  # ... and it started over in the window (a file looping, a camera restarting)
         self._advanced = 0  # frames of the stream passed in this window (decoded or skipped)
         self._decoded = 0
         self._used_before = 0  # the running count of frames used, at the window's start
@@ -72,6 +74,8 @@ class Thinning:
         self._advanced += advanced
         self._decoded += 1
         if position is not None:
+            if self._furthest is not None and position < self._furthest - CLOCK_JUMP_S:
+                self._clock_jumped = True
             self._furthest = position if self._furthest is None else max(self._furthest, position)
         elapsed = now - self._window_start
         if elapsed < WINDOW_S:
@@ -81,6 +85,7 @@ class Thinning:
         share, decoded_share = window_used / (self._advanced / lag), window_used / self._decoded
         self._window_start, self._used_before, self._advanced, self._decoded = now, used, 0, 0
         self._first_position = self._furthest = position
+        self._clock_jumped = False
         if not self.skipping:
             self._full_share, self._full_lagged = share, lag < 1.0
             probed, self._probing = self._probing, False
@@ -109,7 +114,7 @@ class Thinning:
         Only a clock that moved forward by less than `BEHIND` counts: a jump back (a file looping) or ahead
         (a live camera's clock reset) says nothing about the decoder's pace.
         """
-        if self._first_position is None or self._furthest is None:
+        if self._first_position is None or self._furthest is None or self._clock_jumped:
             return 1.0
         advanced = self._furthest - self._first_position
         return advanced / elapsed if 0 < advanced < BEHIND * elapsed else 1.0

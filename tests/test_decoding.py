@@ -122,6 +122,13 @@ def test_a_live_decoder_behind_real_time_skips_though_detection_takes_every_fram
     assert feed.run(WINDOW_S * 1.6, STREAM_FPS * 0.4, 1.0) == [True]
 
 
+def test_a_real_time_file_looping_back_to_its_start_is_not_taken_for_a_lagging_decoder() -> None:
+    thinning, length = Thinning(), 3 * STREAM_FPS  # a 3-second file, every frame taken, in real time
+    for frame in range(int(WINDOW_S * 6 * STREAM_FPS)):
+        position = (frame % length) / STREAM_FPS
+        assert thinning.observe((frame + 1) / STREAM_FPS, 1, frame + 1, position) is None
+
+
 def test_a_file_read_as_fast_as_detection_goes_never_skips_however_slowly_it_is_decoded() -> None:
     assert _Feed().run(30.0, STREAM_FPS * 0.4, 1.0) == []
 

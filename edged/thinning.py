@@ -10,19 +10,25 @@ Measured, not guessed, because the share a stream can spare depends on how it wa
 - skipping starts after a window of full decoding in which detection used at most `START_SHARE` of
   the stream's frames;
 - it stops when detection is starved: it took nearly every frame still decoded and a smaller share of
-  the stream than before skipping; then it is not tried again for `RETRY_S`;
+  the stream than before skipping; then it is not tried again for `RETRY_S`, twice as long after each
+  try that starved it again (up to `RETRY_MAX_S`: a box short of CPU stays so for hours);
 - it stops for one window to measure the demand afresh when detection takes every frame still decoded
   and a clearly larger share than before (detection resumed, the box no longer overloaded), and every
   `PROBE_S` anyway.
 
 Shares of the stream's frames, not frames per second: a decoder that falls behind real time on a busy
-box passes fewer frames per second whether it skips or not, and must not be taken for one that skips
-frames detection wants (decoding everything again would only put it further behind). A real-time
-stream's frames come at the stream's pace whether they are decoded or not, so for one whose decoder
-is behind (its timestamps advanced less than `BEHIND` of the wall clock in a window), the share is of
-the frames real time brought: detection taking every frame a lagging decoder delivers is still using
-only part of the stream, and skipping is what lets the decoder keep up (a live camera's backlog
-would otherwise only grow).
+box passes fewer frames per second whether it skips or not. A real-time stream's frames come at the
+stream's pace whether they are decoded or not, so for one whose decoder is behind (its timestamps
+advanced less than `BEHIND` of the wall clock in a window), the share is of the frames real time
+brought: detection taking every frame a lagging decoder delivers is still using only part of the
+stream, and skipping may let the decoder keep up (a live camera's backlog would otherwise only grow).
+Whether it did is measured like any other skipping: where the box is short of CPU for everything, a
+decoder at the lowest priority advances no faster for skipping (measured on an 8 x 30 fps overload: its
+stream advanced 24 frames/s skipping and 25 not), detection just gets half the frames, and that is
+starvation like any other: skipping stops.
+
+The first window of an opening decides nothing: decoders starting up together, with the model's first
+inferences, lag for a moment whatever they will do later.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ BEHIND = 0.9  # a real-time stream whose timestamps advanced less than this shar
 CLOCK_JUMP_S = 1.0  # a timestamp this far behind the furthest seen is the stream's clock starting over
 PROBE_S = 60.0
 RETRY_S = 60.0
+RETRY_MAX_S = 960.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +70,9 @@ class Thinning:
         self._full_lagged = False  # ... in which the decoder fell behind real time
         self._since = 0.0  # when skipping last started
         self._not_before = 0.0  # no new start before this (after detection was starved)
+        self._retry_s = RETRY_S  # ... which was this long after it was starved last
         self._probing = False
+        self._warming_up = True  # the opening's first window: measured, not acted on
 
     def observe(self, now: float, advanced: int, used: int, position: float | None = None) -> Change | None:
         """After each decoded frame: `advanced` frames of the stream it moved on, `used` the running count of
@@ -86,6 +95,9 @@ class Thinning:
         self._window_start, self._used_before, self._advanced, self._decoded = now, used, 0, 0
         self._first_position = self._furthest = position
         self._clock_jumped = False
+        if self._warming_up:
+            self._warming_up = False
+            return None
         if not self.skipping:
             self._full_share, self._full_lagged = share, lag < 1.0
             probed, self._probing = self._probing, False
@@ -93,8 +105,9 @@ class Thinning:
                 behind = f"the decoder kept up with {lag:.0%} of real time, " if lag < 1.0 else ""
                 return self._switch(now, True, f"{behind}detection used {share:.0%} of the frames")
             return Change(False, f"detection used {share:.0%} of the frames") if probed else None
-        if lag == 1.0 and decoded_share >= STARVED_SHARE and share < STARVED_SHARE_OF_BEFORE * self._full_share:
-            self._not_before = now + RETRY_S
+        if decoded_share >= STARVED_SHARE and share < STARVED_SHARE_OF_BEFORE * self._full_share:
+            self._not_before = now + self._retry_s
+            self._retry_s = min(2 * self._retry_s, RETRY_MAX_S)
             reason = f"detection got {share:.0%} of the frames instead of {self._full_share:.0%}"
             return self._switch(now, False, reason)
         if not self._full_lagged and decoded_share >= STARVED_SHARE and share > DEMAND_ROSE * self._full_share:
@@ -104,6 +117,7 @@ class Thinning:
             self._probing = True
             return self._switch(now, False, "detection takes more frames than before", probe=True)
         if now - self._since >= PROBE_S:
+            self._retry_s = RETRY_S  # skipping served detection for a whole period
             self._probing = True
             return self._switch(now, False, "measuring the demand again", probe=True)
         return None

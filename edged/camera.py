@@ -69,8 +69,8 @@ class _Opening:
 @dataclass(slots=True)
 class _Decoded:
     index: int
-    # Unix time the frame was decoded, as for a live stream; a real-time file's frame decoded ahead
-    # of its time counts from when it falls due.
+    # Unix time the frame reached edged: a live stream's when its data was read from the connection
+    # (else when it was decoded), a real-time file's when it falls due, decoded in time or not.
     captured: float
     due: float | None  # for real-time files: wait until then before handing the frame over
     image: Image
@@ -238,7 +238,8 @@ class Camera:
             if opening.selector.want(stream_time):
                 image = source.retrieve()
                 self._check_size(image)
-                return _Decoded(index, now if due is None else max(due, now), due, image, self._tensor(source, image))
+                captured = due if due is not None else source.arrived or now
+                return _Decoded(index, captured, due, image, self._tensor(source, image))
 
     def _thin(self, opening: _Opening, now: float, advanced: int, position: float | None) -> None:
         """Let the decoder skip unreferenced frames while detection would not use them anyway."""

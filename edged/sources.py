@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import Protocol, cast
 
@@ -29,6 +30,7 @@ IMAGE_DEFAULT_FPS = 1.0  # an image camera repeats its image at this rate unless
 _MJPEG_SUFFIXES = (".mjpeg", ".mjpg", ".mjp")
 _DEFAULT_FILE_FPS = 25.0  # a file that does not say its frame rate
 _LONGEST_SKIP = 16  # frames: more than a decoder ever skips in a row (runs of B frames are shorter)
+_ARRIVALS_KEPT = 64  # packets read whose frames have not come out yet: far more than a decoder holds back
 
 
 class SourceError(EdgedError):
@@ -49,6 +51,9 @@ class Source(Protocol):
     still: bool  # every frame is the same image (prepared for the model once, not per frame)
     can_skip: bool  # its decoder can skip unreferenced frames (`skip_unreferenced`)
     position: float | None  # the time of the frame last grabbed on the stream's clock, seconds (None: unknown)
+    # Unix time the data of the frame last grabbed was read from its connection (a live stream's capture
+    # time as edged can know it); None where the reader does not tell (the frame counts from its decoding).
+    arrived: float | None
 
     def grab(self) -> int:
         """Advance to the next decoded frame without converting it to pixels.
@@ -76,6 +81,7 @@ class StreamSource:
 
     still = False
     position: float | None = None
+    arrived: float | None = None
 
     def __init__(self, camera: str, config: CameraConfig) -> None:
         self._camera, self._config = camera, config
@@ -96,7 +102,8 @@ class StreamSource:
         self._packets = container.demux(stream)
         self._decoded: deque[av.VideoFrame] = deque()
         self._frame: av.VideoFrame | None = None
-        live = self._config.kind != "video"
+        self._arrivals: dict[int, float] = {}  # packet pts -> when it was read, until its frame comes out
+        self._live = live = self._config.kind != "video"
         rate = stream.average_rate or stream.guessed_rate
         known_rate = float(rate) if rate and 0 < rate < 1000 else None
         self.native_fps: float | None = None if live else known_rate or _DEFAULT_FILE_FPS
@@ -131,7 +138,11 @@ class StreamSource:
         stream = container.streams.video[0]
         if stream.codec_context is None:
             raise _open_error(self._camera, self._config, f"{self._config.safe_url}: no decoder for its video")
-        stream.thread_type = "AUTO"  # frame and slice threads, as OpenCV decodes
+        # Frame threads hold every frame back by one frame per extra thread (two on two cores: 133 ms at
+        # 15 fps): a live stream gets slice threads only (a stream of one slice per frame then decodes in
+        # the camera's thread). A file's frames are decoded ahead of their time or paced by detection,
+        # so they lose nothing to that, and its decoding runs in the frame threads, last (priority.py).
+        stream.thread_type = "SLICE" if self._config.kind != "video" else "AUTO"
         stream.codec_context.skip_frame = "NONREF" if self._skipping else "DEFAULT"
         # Opening starts the decoder's threads: at the lowest priority, while this thread converts and
         # resizes at its own (edged/priority.py).
@@ -147,6 +158,7 @@ class StreamSource:
         if frame is None:
             return 0
         self._frame = frame
+        self.arrived = self._arrivals.pop(frame.pts, None) if frame.pts is not None else None
         ticks = self._seconds_per_tick
         self.position = frame.pts * ticks if frame.pts is not None and ticks is not None else None
         if frame.pts is None:
@@ -162,6 +174,10 @@ class StreamSource:
                 packet = next(self._packets)
             except (StopIteration, av.error.FFmpegError, OSError):
                 return None  # the end, or the connection failed or timed out: the camera reopens it
+            if self._live and packet.pts is not None:
+                if len(self._arrivals) >= _ARRIVALS_KEPT:  # frames skipped or never output leave theirs
+                    del self._arrivals[next(iter(self._arrivals))]
+                self._arrivals[packet.pts] = time.time()
             try:
                 self._decoded.extend(packet.decode())
             except av.error.InvalidDataError:
@@ -232,6 +248,7 @@ class CaptureSource:
     still = False
     can_skip = False
     position: float | None = None
+    arrived: float | None = None  # OpenCV reads and decodes in one call
 
     def __init__(self, camera: str, config: CameraConfig) -> None:
         self._camera, self._config = camera, config
@@ -293,6 +310,7 @@ class ImageSource:
     still = True
     can_skip = False
     position: float | None = None
+    arrived: float | None = None
 
     def __init__(self, camera: str, config: CameraConfig) -> None:
         image = cv2.imread(config.url, cv2.IMREAD_COLOR)

@@ -256,6 +256,8 @@ class _ResizingSource:
     native_fps = None
     still = False
     can_skip = False
+    position = None
+    arrived = None  # frames count from when they are read
 
     def __init__(self) -> None:
         self.count = 0

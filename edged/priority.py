@@ -3,7 +3,9 @@
 Linux niceness is per thread and inherited by the threads a thread starts. edged's own threads
 (event loop, OpenVINO's) keep the process's niceness; a camera's thread runs `CAMERA_NICENESS` nicer,
 so resizing never starves inference; the decoder threads PyAV's FFmpeg starts when a file or RTSP
-decoder is opened run at the lowest priority: they get what the rest leaves. A frame's conversion and
+decoder is opened run at the lowest priority: they get what the rest leaves. (A live stream decodes with
+slice threads only, edged/sources.py: one whose frames are a single slice each decodes in its camera
+thread, at +5, as a live stream must keep up anyway.) A frame's conversion and
 resizing then run as soon as it is decoded (its age is counted from there), and a box that cannot
 decode everything decodes less instead of delaying the frames already decoded
 (docs/performance-notes.md, section g, has the figures).

@@ -33,6 +33,7 @@ StatusCallback = Callable[[str, bool], None]
 T = TypeVar("T")
 
 OPEN_GRACE_S = 5.0  # opening may take this much longer than a read before it counts as stalled
+REORDER_S = 1.0  # longer than any decoder holds a frame back to put frames in display order
 
 
 class FrameSelector:
@@ -89,6 +90,7 @@ class Camera:
         self._worker = Worker(f"camera-{name}")
         self._index = 0  # frames of the stream passed in this run, across reopenings and loops
         self._behind = 0.0  # seconds a real-time file has fallen behind its own clock (see _next_frame)
+        self._last_arrival = 0.0  # a live stream's latest capture time: timestamps never go back
         self._progress = time.monotonic()  # last sign of life from the capture thread
         self._size: tuple[int, int] | None = None
         self._size_change_logged = False
@@ -238,8 +240,18 @@ class Camera:
             if opening.selector.want(stream_time):
                 image = source.retrieve()
                 self._check_size(image)
-                captured = due if due is not None else source.arrived or now
+                captured = due if due is not None else self._arrival(source, now)
                 return _Decoded(index, captured, due, image, self._tensor(source, image))
+
+    def _arrival(self, source: Source, decoded: float) -> float:
+        """A live frame's capture time: when its data was read, else when it was decoded. Not earlier than the
+        frame before: a stream with B frames sends a reference frame before the frames shown ahead of it
+        (a wall clock set back by more than a reordering could explain is followed, not waited for)."""
+        arrived = decoded if source.arrived is None else source.arrived
+        if self._last_arrival - REORDER_S < arrived < self._last_arrival:
+            arrived = self._last_arrival
+        self._last_arrival = arrived
+        return arrived
 
     def _thin(self, opening: _Opening, now: float, advanced: int, position: float | None) -> None:
         """Let the decoder skip unreferenced frames while detection would not use them anyway."""

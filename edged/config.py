@@ -173,6 +173,10 @@ class CameraConfig(_Strict):
     loop: bool = True
     stall_timeout: float = Field(default=10.0, gt=0.0, le=3600.0)  # no frame for this long: reopen
     backoff: Backoff = Backoff()
+    # How FFmpeg spreads an RTSP stream's or a file's decoding over threads: `slice` holds no frame back but
+    # decodes a stream of one slice per frame on one core; `frame` uses every core and holds each frame back
+    # one frame per extra thread. Default: slice for live streams, frame for files.
+    decoder_threads: Literal["slice", "frame"] | None = None
 
     @field_validator("url", mode="before")
     @classmethod

@@ -5,14 +5,13 @@ Linux niceness is per thread and inherited by the threads a thread starts. edged
 so resizing never starves inference; the decoder threads PyAV's FFmpeg starts when a file or RTSP
 decoder is opened run at the lowest priority: they get what the rest leaves. (A live stream decodes with
 slice threads only, edged/sources.py: one whose frames are a single slice each decodes in its camera
-thread, at +5, as a live stream must keep up anyway.) A frame's conversion and
-resizing then run as soon as it is decoded (its age is counted from there), and a box that cannot
-decode everything decodes less instead of delaying the frames already decoded
-(docs/performance-notes.md, section g, has the figures).
+thread, at +5, as a live stream must keep up anyway.) A frame's conversion and resizing then run as
+soon as it is decoded, and a box that cannot decode everything decodes less instead of delaying the
+frames already decoded (docs/performance-notes.md, sections g and h, have the figures).
 
 The lowest is the lowest on the whole host: other programs' work goes first too, and a live camera
-whose decoder falls behind real time decodes less to keep up (`edged.thinning`). OpenCV's readers
-(USB, MJPEG) decode at their camera thread's priority.
+whose decoder falls behind real time may try skipping frames to keep up (`edged.thinning`). OpenCV's
+readers (USB, MJPEG) decode at their camera thread's priority.
 
 Raising a thread's niceness needs no privilege; lowering it again does, which a service user lacks:
 so decoders are opened on a short-lived thread that is made nicer, never by a thread made nicer and

@@ -140,9 +140,11 @@ class StreamSource:
             raise _open_error(self._camera, self._config, f"{self._config.safe_url}: no decoder for its video")
         # Frame threads hold every frame back by one frame per extra thread (two on two cores: 133 ms at
         # 15 fps): a live stream gets slice threads only (a stream of one slice per frame then decodes in
-        # the camera's thread). A file's frames are decoded ahead of their time or paced by detection,
-        # so they lose nothing to that, and its decoding runs in the frame threads, last (priority.py).
-        stream.thread_type = "SLICE" if self._config.kind != "video" else "AUTO"
+        # the camera's thread) unless its camera asks for frame threads (a stream one core cannot decode in
+        # real time). A file's frames are decoded ahead of their time or paced by detection, so they lose
+        # nothing to that, and its decoding runs in the frame threads, last (priority.py).
+        threads = self._config.decoder_threads or ("slice" if self._config.kind != "video" else "frame")
+        stream.thread_type = "SLICE" if threads == "slice" else "AUTO"
         stream.codec_context.skip_frame = "NONREF" if self._skipping else "DEFAULT"
         # Opening starts the decoder's threads: at the lowest priority, while this thread converts and
         # resizes at its own (edged/priority.py).
@@ -175,6 +177,7 @@ class StreamSource:
             except (StopIteration, av.error.FFmpegError, OSError):
                 return None  # the end, or the connection failed or timed out: the camera reopens it
             if self._live and packet.pts is not None:
+                self._arrivals.pop(packet.pts, None)  # a clock started over: the entry moves to the end
                 if len(self._arrivals) >= _ARRIVALS_KEPT:  # frames skipped or never output leave theirs
                     del self._arrivals[next(iter(self._arrivals))]
                 self._arrivals[packet.pts] = time.time()

@@ -22,10 +22,11 @@ stream's pace whether they are decoded or not, so for one whose decoder is behin
 advanced less than `BEHIND` of the wall clock in a window), the share is of the frames real time
 brought: detection taking every frame a lagging decoder delivers is still using only part of the
 stream, and skipping may let the decoder keep up (a live camera's backlog would otherwise only grow).
-Whether it did is measured like any other skipping: where the box is short of CPU for everything, a
-decoder at the lowest priority advances no faster for skipping (measured on an 8 x 30 fps overload: its
-stream advanced 24 frames/s skipping and 25 not), detection just gets half the frames, and that is
-starvation like any other: skipping stops.
+Whether it did is measured: a decoder that keeps up with real time only while skipping keeps skipping;
+one still behind is judged like any other, because where the box is short of CPU for everything a decoder
+at the lowest priority advances little or no faster for skipping (measured on an 8 x 30 fps overload: its
+stream advanced 24 frames/s skipping and 25 not) and detection just gets half the frames: starvation,
+skipping stops. After a whole `PROBE_S` of skipping without starvation the retry wait is back to `RETRY_S`.
 
 The first window of an opening decides nothing: decoders starting up together, with the model's first
 inferences, lag for a moment whatever they will do later.
@@ -105,7 +106,10 @@ class Thinning:
                 behind = f"the decoder kept up with {lag:.0%} of real time, " if lag < 1.0 else ""
                 return self._switch(now, True, f"{behind}detection used {share:.0%} of the frames")
             return Change(False, f"detection used {share:.0%} of the frames") if probed else None
-        if decoded_share >= STARVED_SHARE and share < STARVED_SHARE_OF_BEFORE * self._full_share:
+        # Keeping up with real time only by skipping is what skipping is for (a live stream's backlog would
+        # otherwise grow for ever), even where detection gets a smaller share for it.
+        kept_live = self._full_lagged and lag == 1.0
+        if decoded_share >= STARVED_SHARE and share < STARVED_SHARE_OF_BEFORE * self._full_share and not kept_live:
             self._not_before = now + self._retry_s
             self._retry_s = min(2 * self._retry_s, RETRY_MAX_S)
             reason = f"detection got {share:.0%} of the frames instead of {self._full_share:.0%}"

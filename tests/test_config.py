@@ -91,6 +91,7 @@ REJECTIONS = [
     ("unknown camera key", yaml_with(camera="    fsp: 5\n"), "cameras.d.fsp: unknown key"),
     ("wrong type", yaml_with(camera="    fps: fast\n"), "cameras.d.fps"),
     ("negative fps", yaml_with(camera="    fps: -3\n"), "cameras.d.fps"),
+    ("unknown decoder threads", yaml_with(camera="    decoder_threads: many\n"), "cameras.d.decoder_threads"),
     ("port out of range", yaml_with(top="mqtt:\n  port: 70000\n"), "mqtt.port"),
     ("confidence above 1", yaml_with(model="  confidence: 1.5\n"), "model.confidence"),
     ("bad camera name", yaml_with(name="front door"), "cameras.front door: a camera name"),

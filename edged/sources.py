@@ -85,9 +85,10 @@ class StreamSource:
 
     def __init__(self, camera: str, config: CameraConfig) -> None:
         self._camera, self._config = camera, config
+        self._live = config.kind != "video"  # RTSP: frames come at the camera's pace, decoded or not
         self._skipping = False
         self.can_skip = True  # until the stream turns out to have no usable timestamps
-        if config.kind == "video":
+        if not self._live:
             _refuse_image(camera, config.url)  # once: a file that loops is reopened every time it ends
         self._converter = BgrConverter()
         self._open()
@@ -103,10 +104,9 @@ class StreamSource:
         self._decoded: deque[av.VideoFrame] = deque()
         self._frame: av.VideoFrame | None = None
         self._arrivals: dict[int, float] = {}  # packet pts -> when it was read, until its frame comes out
-        self._live = live = self._config.kind != "video"
         rate = stream.average_rate or stream.guessed_rate
         known_rate = float(rate) if rate and 0 < rate < 1000 else None
-        self.native_fps: float | None = None if live else known_rate or _DEFAULT_FILE_FPS
+        self.native_fps: float | None = None if self._live else known_rate or _DEFAULT_FILE_FPS
         self._seconds_per_tick = float(stream.time_base) if stream.time_base else None
         frames_per_tick = known_rate * self._seconds_per_tick if known_rate and self._seconds_per_tick else None
         # Without a clock the frames skipped could not be counted, and a file's pace depends on the count.
@@ -114,8 +114,8 @@ class StreamSource:
         self._count = FrameCount(frames_per_tick or 0.0)
 
     def _connect(self) -> av.container.InputContainer:
-        url, kind = self._config.url, self._config.kind
-        if kind == "video":
+        url = self._config.url
+        if not self._live:
             options: dict[str, str] = {}
             timeout: tuple[float, float] | None = None
         else:
@@ -143,7 +143,7 @@ class StreamSource:
         # the camera's thread) unless its camera asks for frame threads (a stream one core cannot decode in
         # real time). A file's frames are decoded ahead of their time or paced by detection, so they lose
         # nothing to that, and its decoding runs in the frame threads, last (priority.py).
-        threads = self._config.decoder_threads or ("slice" if self._config.kind != "video" else "frame")
+        threads = self._config.decoder_threads or ("slice" if self._live else "frame")
         stream.thread_type = "SLICE" if threads == "slice" else "AUTO"
         stream.codec_context.skip_frame = "NONREF" if self._skipping else "DEFAULT"
         # Opening starts the decoder's threads: at the lowest priority, while this thread converts and

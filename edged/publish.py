@@ -243,10 +243,13 @@ class Publisher:
                 await self._send(client, message)
                 if self._unsent_retained.get(topic) is message:
                     del self._unsent_retained[topic]
+            # Retire before refilling: the sends that woke us free window space for the next
+            # messages, and nothing else would wake us to send them (a burst larger than the
+            # window, a backlog after an outage, the last messages before shutdown).
+            self._retire_acknowledged()
             while len(self._pending) < self._config.inflight and len(self._pending) < len(self._outbox):
                 message = self._outbox[len(self._pending)]
                 self._pending.append(tasks.create_task(self._send(client, message)))
-            self._retire_acknowledged()
             if self._closing and not self._outbox and not self._unsent_retained:
                 await self._send(client, Message(self.status_topic, b"offline", 1, True))
                 log.info("MQTT: published offline, disconnecting")

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -67,6 +67,15 @@ class _Opening:
     thinning: Thinning = field(default_factory=Thinning)
 
 
+@dataclass(frozen=True, slots=True)
+class _Watched:
+    """A call on the capture thread that the watchdog keeps an eye on."""
+
+    call: asyncio.Future[Any]
+    limit: float  # seconds without progress before the thread counts as stuck
+    doing: str  # what the call does, for the log line
+
+
 @dataclass(slots=True)
 class _Decoded:
     index: int
@@ -92,6 +101,7 @@ class Camera:
         self._behind = 0.0  # seconds a real-time file has fallen behind its own clock (see _next_frame)
         self._last_arrival = 0.0  # a live stream's latest capture time: timestamps never go back
         self._progress = time.monotonic()  # last sign of life from the capture thread
+        self._watched: _Watched | None = None  # the capture thread's call being awaited, if any
         self._size: tuple[int, int] | None = None
         self._size_change_logged = False
         self._still_tensor: Image | None = None  # a still camera's image, prepared once per opening
@@ -107,6 +117,14 @@ class Camera:
 
     async def run(self) -> None:
         """Read until the stream ends (a file with `loop: false`), fails for good, or the task is cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            watchdog = tasks.create_task(self._watchdog(), name=f"watchdog-{self.name}")
+            try:
+                await self._read_with_retries()
+            finally:
+                watchdog.cancel()
+
+    async def _read_with_retries(self) -> None:
         retry = Retry(self.config.backoff)
         try:
             while True:
@@ -141,7 +159,7 @@ class Camera:
         worker = self._worker
         self._progress = time.monotonic()
         source = await self._watch(
-            worker.call(open_source, self.name, self.config, discard=_release),
+            worker.start(open_source, self.name, self.config, discard=_release),
             self.config.stall_timeout + OPEN_GRACE_S,
             "opening it",
         )
@@ -154,7 +172,7 @@ class Camera:
             while True:
                 self._progress = time.monotonic()
                 decoded = await self._watch(
-                    worker.call(self._next_frame, opening),
+                    worker.start(self._next_frame, opening),
                     self.config.stall_timeout,
                     "reading",
                 )
@@ -180,25 +198,34 @@ class Camera:
             if worker is not self._worker:
                 worker.close()  # abandoned after a stall: let its thread end once the read returns
 
-    async def _watch(self, call: Coroutine[Any, Any, T], limit: float, doing: str) -> T:
-        """Await a call on the capture thread; abandon the thread if it shows no progress for `limit`."""
-        task = asyncio.ensure_future(call)
-        check = min(1.0, limit / 4)
+    async def _watch(self, call: asyncio.Future[T], limit: float, doing: str) -> T:
+        """Await a call on the capture thread, which `_watchdog` fails if the thread shows no progress for `limit`.
+
+        A watchdog beside the camera rather than a timeout per call: this runs for every frame, and
+        a timed wait costs a task and a timer each time.
+        """
+        self._watched = _Watched(call, limit, doing)
+        try:
+            return await call
+        finally:
+            self._watched = None
+
+    async def _watchdog(self) -> None:
+        """Abandon a capture thread stuck in a call: the stuck call keeps its thread, the next attempt gets a
+        fresh one, and the camera goes through its usual retry."""
+        period = min(1.0, self.config.stall_timeout / 4)
         while True:
-            try:
-                done, _ = await asyncio.wait({task}, timeout=check)
-            except asyncio.CancelledError:
-                task.cancel()  # asyncio.wait leaves it running: nobody would own it
-                raise
-            if done:
-                return task.result()
-            if time.monotonic() - self._progress > limit:
-                task.cancel()
-                # The stuck call keeps its thread; the next attempt gets a fresh one.
-                self._worker = Worker(f"camera-{self.name}")
-                raise SourceError(
-                    f"camera {self.name}: stalled: nothing from {self.config.safe_url} for {limit:g} s while {doing}"
+            await asyncio.sleep(period)
+            watched = self._watched
+            if watched is None or watched.call.done() or time.monotonic() - self._progress <= watched.limit:
+                continue
+            self._worker = Worker(f"camera-{self.name}")
+            watched.call.set_exception(
+                SourceError(
+                    f"camera {self.name}: stalled: nothing from {self.config.safe_url} for {watched.limit:g} s "
+                    f"while {watched.doing}"
                 )
+            )
 
     def _next_frame(self, opening: _Opening) -> _Decoded | None:
         """In the camera's thread: skip what will not be used without decoding it to pixels."""

@@ -59,6 +59,12 @@ class Worker:
         `discard` runs on the thread with a result nobody waits for any more (say, a capture
         opened after its camera gave up on it), so that it is released rather than leaked.
         """
+        return await self.start(function, *args, discard=discard)
+
+    def start(
+        self, function: Callable[..., T], *args: object, discard: Callable[[T], object] | None = None
+    ) -> asyncio.Future[T]:
+        """`call`, as a future its caller may also fail or cancel (say, a watchdog that gave up on the thread)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
 
@@ -79,7 +85,7 @@ class Worker:
                 loop.call_soon_threadsafe(on_loop)
 
         self._jobs.put((function, args, settle))
-        return await future
+        return future
 
     def submit(self, function: Callable[..., object], *args: object) -> None:
         """Run `function` after the calls already queued; nobody waits for it (e.g. a release)."""

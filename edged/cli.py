@@ -92,7 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("-m", "--model", type=Path, default=shared / SEED_MODEL, help="model .xml (default: the seed)")
     bench.add_argument("--media", type=Path, default=shared / "media/faces-1080p30.mp4", help="video each camera plays")
     bench.add_argument("--cameras", type=int, default=4, help="cameras (the overload run uses twice as many)")
-    bench.add_argument("--seconds", type=float, default=20.0, help="measuring window of each run")
+    bench.add_argument(
+        "--seconds", type=float, default=20.0, help="measuring window of each run (overload: at least 60 s)"
+    )
     bench.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated: {', '.join(SCENARIOS)}")
     bench.add_argument("--no-references", action="store_true", help="skip benchmark_app, ceilings and plain loop")
     bench.add_argument("--mqtt", help="HOST:PORT of a broker to use (default: a private mosquitto)")

@@ -117,12 +117,17 @@ class Camera:
 
     async def run(self) -> None:
         """Read until the stream ends (a file with `loop: false`), fails for good, or the task is cancelled."""
-        async with asyncio.TaskGroup() as tasks:
-            watchdog = tasks.create_task(self._watchdog(), name=f"watchdog-{self.name}")
-            try:
-                await self._read_with_retries()
-            finally:
-                watchdog.cancel()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                watchdog = tasks.create_task(self._watchdog(), name=f"watchdog-{self.name}")
+                try:
+                    await self._read_with_retries()
+                finally:
+                    watchdog.cancel()
+        except ExceptionGroup as group:
+            if len(group.exceptions) == 1:  # a crash is logged as its own error, not as a group of one
+                raise group.exceptions[0] from None
+            raise
 
     async def _read_with_retries(self) -> None:
         retry = Retry(self.config.backoff)
@@ -158,11 +163,16 @@ class Camera:
     async def _stream(self, retry: Retry) -> None:
         worker = self._worker
         self._progress = time.monotonic()
-        source = await self._watch(
-            worker.start(open_source, self.name, self.config, discard=_release),
-            self.config.stall_timeout + OPEN_GRACE_S,
-            "opening it",
-        )
+        try:
+            source = await self._watch(
+                worker.start(open_source, self.name, self.config, discard=_release),
+                self.config.stall_timeout + OPEN_GRACE_S,
+                "opening it",
+            )
+        except BaseException:
+            if worker is not self._worker:
+                worker.close()  # abandoned while opening: let its thread end once the open returns
+            raise
         try:
             opening = _Opening(source, FrameSelector(self.config.fps), time.time(), self._index)
             self._still_tensor, self._behind = None, 0.0

@@ -74,8 +74,13 @@ class Worker:
                 return
 
             def on_loop() -> None:
-                if future.done():
-                    return  # cancelled or abandoned while the thread was busy
+                if future.done():  # cancelled or abandoned after the thread looked
+                    if error is None and discard is not None:
+                        # On a thread of its own: this worker may have been closed meanwhile.
+                        threading.Thread(
+                            target=discard, args=(result,), name=f"{self.name}-discard", daemon=True
+                        ).start()
+                    return
                 if error is not None:
                     future.set_exception(error)
                 else:

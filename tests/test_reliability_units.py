@@ -346,6 +346,50 @@ async def test_a_read_that_hangs_is_abandoned_after_stall_timeout_and_the_camera
     assert time.monotonic() - started < 3.0
 
 
+class _ReleaseCounting(_ResizingSource):
+    released = 0
+
+    def release(self) -> None:
+        type(self).released += 1
+
+
+async def test_a_camera_that_hangs_while_opening_leaves_no_thread_or_capture_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    opened: list[_ReleaseCounting] = []
+
+    def slow_open(name: str, config: CameraConfig) -> _ReleaseCounting:
+        time.sleep(0.6)  # longer than the camera waits for an opening
+        opened.append(_ReleaseCounting())
+        return opened[-1]
+
+    monkeypatch.setattr(camera_module, "open_source", slow_open)
+    monkeypatch.setattr(camera_module, "OPEN_GRACE_S", 0.0)
+    _ReleaseCounting.released = 0
+    config = CameraConfig(url="rtsp://camera.invalid/x", stall_timeout=0.2, backoff=Backoff(min=0.1, max=0.1))
+    camera = Camera("gate", config, FrameSlot("gate", lambda: None), lambda image: image, lambda *_: None)
+    task = asyncio.ensure_future(camera.run())
+    await asyncio.sleep(3.0)  # several openings given up on
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await asyncio.sleep(1.0)  # the last opening returns and is released
+    assert len(opened) >= 3
+    assert _ReleaseCounting.released == len(opened)
+    assert not [thread.name for thread in threading.enumerate() if thread.name.startswith("camera-gate")]
+
+
+async def test_a_camera_that_crashes_raises_its_own_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(camera_module, "open_source", lambda name, config: _ResizingSource())
+
+    def broken_prepare(image: Image) -> Image:
+        raise RuntimeError("prepare blew up")
+
+    camera = Camera("door", CameraConfig(url="rtsp://camera.invalid/x"), FrameSlot("door", lambda: None),
+                    broken_prepare, lambda *_: None)  # fmt: skip
+    with pytest.raises(RuntimeError, match="prepare blew up"):
+        await asyncio.wait_for(camera.run(), 5)
+
+
 # -- the systemd watchdog follows health, not a timer ------------------------------------------------
 
 

@@ -256,7 +256,7 @@ class Publisher:
                 self._closed.set()
                 return
             self._wake.clear()
-            if self._unsent_retained or (self._pending and _succeeded(self._pending[0])):
+            if self._unsent_retained:  # set while a retained message was being sent
                 continue
             await self._wake.wait()
 

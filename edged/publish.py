@@ -35,6 +35,7 @@ from edged.secrets import MqttSecurity
 log = logging.getLogger("edged.mqtt")
 
 PUBLISH_TIMEOUT_S = 10.0  # an acknowledgement later than this means the connection is dead
+OFFLINE_GRACE_S = 0.5  # after a flush that timed out: for `offline` (written ahead of the disconnect) to be acked
 ACK_GRACE_S = 0.05  # after a disconnect, for sends whose acknowledgement already arrived to complete
 INCOMING_QUEUE = 1000  # incoming messages waiting for their handler: a flood of commands cannot grow memory
 _REFUSED_CREDENTIALS = {4, 5, 134, 135}  # MQTT 3.1.1 CONNACK 4/5 and their MQTT 5 reason codes
@@ -67,6 +68,7 @@ class Publisher:
         self.settled = asyncio.Event()  # the first connection attempt is over, whatever its outcome
         self._last_problem = ""
         self._lost_at: float | None = None
+        self._session_client: aiomqtt.Client | None = None  # the connected client, while a session runs
         self.dropped = 0
         self.published = 0
         self.reconnects = 0
@@ -138,10 +140,24 @@ class Publisher:
         try:
             await asyncio.wait_for(self._closed.wait(), timeout)
         except TimeoutError:
+            await self._offline_ahead_of_disconnect()
             self._closed.set()
             self._wake.set()
         if self._outbox:
             log.warning("MQTT: %d queued messages could not be delivered before shutdown", len(self._outbox))
+
+    async def _offline_ahead_of_disconnect(self) -> None:
+        """The queue did not drain in time (a slow or stalled broker): put `offline` on the connection anyway,
+        ahead of the DISCONNECT that follows. A clean disconnect suppresses the will, so without it subscribers
+        would keep a retained `online` from a process that is gone."""
+        if (client := self._session_client) is None:
+            return
+        send = asyncio.ensure_future(self._send(client, Message(self.status_topic, b"offline", 1, True)))
+        await asyncio.wait({send}, timeout=OFFLINE_GRACE_S)
+        if not send.done():
+            send.cancel()  # not acknowledged yet, but its PUBLISH is queued on the connection before the DISCONNECT
+        elif not send.cancelled() and (error := send.exception()) is not None:
+            log.debug("MQTT: offline could not be sent at shutdown: %s", error)
 
     def _client(self) -> aiomqtt.Client:
         config = self._config
@@ -231,10 +247,14 @@ class Publisher:
         """Subscribe, then drain until closing; a lost connection fails the receiver and the whole group."""
         for topic_filter in self._handlers:
             await client.subscribe(topic_filter, qos=1, timeout=PUBLISH_TIMEOUT_S)
-        async with asyncio.TaskGroup() as tasks:
-            receiver = tasks.create_task(self._receive(client), name="mqtt-receive")
-            await self._drain(client, tasks)
-            receiver.cancel()  # drained and said offline: the session is over
+        self._session_client = client
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                receiver = tasks.create_task(self._receive(client), name="mqtt-receive")
+                await self._drain(client, tasks)
+                receiver.cancel()  # drained and said offline: the session is over
+        finally:
+            self._session_client = None
 
     async def _drain(self, client: aiomqtt.Client, tasks: asyncio.TaskGroup) -> None:
         while True:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from typing import Any
 
 import pytest
@@ -38,3 +40,25 @@ async def test_a_burst_larger_than_the_inflight_window_is_delivered_without_furt
         running.cancel()  # as the supervisor does once close() has flushed what it could
         with contextlib.suppress(asyncio.CancelledError):
             await running
+
+
+async def test_offline_is_retained_even_when_the_broker_stalls_through_the_final_flush(
+    broker: Mosquitto, subscriber: Any
+) -> None:
+    publisher = Publisher(MqttConfig(host=broker.host, port=broker.port, client_id="stalled"))
+    running = asyncio.create_task(publisher.run())
+    await asyncio.wait_for(publisher.connected.wait(), 10)
+    await asyncio.sleep(0.3)  # `online` is acknowledged
+    assert broker.pid is not None
+    os.kill(broker.pid, signal.SIGSTOP)  # the broker hangs just as edged stops
+    try:
+        publisher.publish("edged/door/events", b"last words", 1)
+        await publisher.close(0.5)  # the flush times out: nothing is acknowledged
+        running.cancel()  # as the supervisor does: aiomqtt then disconnects cleanly, which drops the will
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
+    watcher = subscriber(broker, "edged/status")
+    status = await asyncio.to_thread(watcher.wait_for_message, "edged/status", None, 5)
+    assert status.payload == b"offline"

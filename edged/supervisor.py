@@ -246,8 +246,8 @@ class Supervisor:
     def _on_result(self, result: Result) -> None:
         self._last_result = time.monotonic()
         camera = result.frame.camera
-        if camera not in self._cameras and not self._lifecycle.stop_requested.is_set():
-            return  # removed by a reload while this frame was in inference
+        if camera not in self._config.cameras:
+            return  # removed by a reload while this frame was in inference (stopping keeps the configuration)
         if result.error is not None:
             if camera not in self._errors_logged:  # once per camera: a decode bug would repeat every frame
                 self._errors_logged.add(camera)

@@ -197,7 +197,9 @@ class StatsReporter:
         elapsed = now.at - previous.at
 
         def rate(current: int, before: int) -> float:
-            return round((current - before) / elapsed, 2) if elapsed > 0 else 0.0
+            # A count that went back belongs to a camera a reload restarted: its new counters start from 0.
+            counted = current - before if current >= before else current
+            return round(counted / elapsed, 2) if elapsed > 0 else 0.0
 
         cameras = {
             name: {

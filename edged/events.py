@@ -133,6 +133,10 @@ class EventTracker:
             return Observation((message,), self._snap(box) if improved else None)
         return Observation((), self._snap(box) if improved else None)
 
+    def has_event(self, camera: str) -> bool:
+        """Whether a face event of `camera` is open."""
+        return (state := self._cameras.get(camera)) is not None and state.event is not None
+
     def expire(self, now: float) -> list[Event]:
         """End the events of cameras that have shown no face for `end_after` (no frames count too)."""
         return [

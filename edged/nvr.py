@@ -60,8 +60,9 @@ class Nvr:
     def add_camera(self, name: str, reader: CameraCounters, slot: FrameSlot, model: str) -> None:
         self.telemetry.add_camera(name, reader, slot, model)
         self.control.add_camera(name, slot)
-        if self._tracker is not None:
+        if self._tracker is not None and not self._tracker.has_event(name):
             # A previous run may have died with a face on record: the count starts from what is known.
+            # (A camera a reload restarts keeps its open event, and the count that event published.)
             self._publisher.set_retained(self._faces_topic(name), b"0", self._state_qos)
 
     def remove_camera(self, name: str) -> None:

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -414,3 +415,24 @@ def test_home_assistant_discovery_describes_each_camera_and_a_removed_camera_los
         record = late.wait_for_message("edged/homeassistant/cameras", timeout=TIMEOUT).json()
         assert record["cameras"] == ["front"]
         assert {m.topic for m in late.messages("homeassistant/#")} == discovery_topics("front")
+
+
+def test_a_reload_that_restarts_a_camera_keeps_its_face_count_while_the_face_stays_in_view(
+    tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
+) -> None:
+    camera = {"url": str(media_dir / "images" / "astronaut.png"), "fps": 5}
+    config = write_config(tmp_path, shared_dir, broker, {"door": camera})
+    with Subscriber(broker.host, broker.port, "edged/door/faces") as subscriber, edged_running(config) as edged:
+        subscriber.wait_for_message("edged/door/faces", where=lambda m: m.payload != b"0", timeout=TIMEOUT)
+        changed = write_config(tmp_path, shared_dir, broker, {"door": {**camera, "fps": 4}})  # restarts the camera
+        config.write_text(changed.read_text())
+        edged.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + TIMEOUT
+        while "camera door: online" not in edged.log_text().partition("reload done")[2]:
+            assert time.monotonic() < deadline, edged.log_text()
+            time.sleep(0.1)
+        time.sleep(1.0)  # frames of the restarted camera are processed: a count they changed would have arrived
+        counts = [m.payload for m in subscriber.messages("edged/door/faces")]
+        assert edged.stop() == 0, edged.log_text()
+    first_face = next(i for i, count in enumerate(counts) if count != b"0")
+    assert b"0" not in counts[first_face:], counts  # the face never left the picture

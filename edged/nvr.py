@@ -25,6 +25,7 @@ from edged.stats import CameraCounters, InFlight, StatsReporter, Telemetry
 log = logging.getLogger("edged.nvr")
 
 EXPIRE_TICK_S = 0.25  # how late an event of a camera that stopped sending frames may end
+SNAPSHOT_FLUSH_S = 1.0  # at shutdown, for pending snapshots (one renders in a few ms) before events end
 
 
 class Nvr:
@@ -109,7 +110,10 @@ class Nvr:
             self._publish_event(event)
 
     async def shut_down(self) -> None:
-        """After the last result: end open events, a last stats message, stop serving /metrics."""
+        """After the last result: render pending snapshots, end open events, a last stats message, stop serving
+        /metrics."""
+        if self._snapshots is not None:
+            await self._snapshots.flush(SNAPSHOT_FLUSH_S)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -8,6 +8,7 @@ worker thread renders them. One thread bounds the CPU snapshots can take from in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -78,6 +79,8 @@ class Snapshotter:
         self._sink = sink
         self._pending: dict[str, SnapshotRequest] = {}
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # nothing pending and nothing being rendered
+        self._idle.set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
         self.published = 0
         self.superseded = 0  # requests replaced by a newer one before they were rendered
@@ -88,12 +91,21 @@ class Snapshotter:
         if self._pending.pop(request.camera, None) is not None:
             self.superseded += 1
         self._pending[request.camera] = request
+        self._idle.clear()
         self._wake.set()
+
+    async def flush(self, timeout: float) -> None:
+        """Wait (up to `timeout`) for what is pending to be rendered and handed over: at shutdown, so that an
+        event's last message does not announce a snapshot nobody rendered."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while True:
+                if not self._pending:
+                    self._idle.set()
                 await self._wake.wait()
                 self._wake.clear()
                 while self._pending:

@@ -87,3 +87,16 @@ async def test_the_newest_request_per_camera_wins_and_snapshots_are_handed_over_
     assert decode(published[0][1]).mean() > 20  # the astronaut, not the dark frame
     assert snapshotter.superseded == 1 and snapshotter.published == 2
     assert snapshotter.encode_ms_avg > 0
+
+
+async def test_flush_returns_once_what_was_requested_is_rendered_and_handed_over(astronaut: Image) -> None:
+    published: list[str] = []
+    snapshotter = Snapshotter(SnapshotsConfig(height=64), lambda camera, jpeg: published.append(camera))
+    async with asyncio.TaskGroup() as tasks:
+        worker = tasks.create_task(snapshotter.run())
+        await snapshotter.flush(5)  # nothing pending: returns at once
+        snapshotter.request(request(astronaut, "door"))
+        snapshotter.request(request(astronaut, "yard"))
+        await snapshotter.flush(30)
+        assert published == ["door", "yard"]
+        worker.cancel()

@@ -163,17 +163,13 @@ class Camera:
     async def _stream(self, retry: Retry) -> None:
         worker = self._worker
         self._progress = time.monotonic()
+        source: Source | None = None
         try:
             source = await self._watch(
-                worker.start(open_source, self.name, self.config, discard=_release),
+                worker.call(open_source, self.name, self.config, discard=_release),
                 self.config.stall_timeout + OPEN_GRACE_S,
                 "opening it",
             )
-        except BaseException:
-            if worker is not self._worker:
-                worker.close()  # abandoned while opening: let its thread end once the open returns
-            raise
-        try:
             opening = _Opening(source, FrameSelector(self.config.fps), time.time(), self._index)
             self._still_tensor, self._behind = None, 0.0
             # A file at full speed waits for detection instead of racing ahead: the next frame is
@@ -182,7 +178,7 @@ class Camera:
             while True:
                 self._progress = time.monotonic()
                 decoded = await self._watch(
-                    worker.start(self._next_frame, opening),
+                    worker.call(self._next_frame, opening),
                     self.config.stall_timeout,
                     "reading",
                 )
@@ -202,11 +198,12 @@ class Camera:
                 self.last_frame = time.monotonic()
                 self.slot.put(Frame(self.name, decoded.index, captured, decoded.image, decoded.tensor))
         finally:
-            # Queued behind any read still running in that thread: never blocks the loop, and a
-            # capture is only ever touched by the thread that opened it.
-            worker.submit(source.release)
+            if source is not None:
+                # Queued behind any read still running in that thread: never blocks the loop, and a
+                # capture is only ever touched by the thread that opened it.
+                worker.submit(source.release)
             if worker is not self._worker:
-                worker.close()  # abandoned after a stall: let its thread end once the read returns
+                worker.close()  # abandoned after a stall: let its thread end once its call returns
 
     async def _watch(self, call: asyncio.Future[T], limit: float, doing: str) -> T:
         """Await a call on the capture thread, which `_watchdog` fails if the thread shows no progress for `limit`.

@@ -53,18 +53,15 @@ class Worker:
         self._thread.start()
         _workers.add(self)
 
-    async def call(self, function: Callable[..., T], *args: object, discard: Callable[[T], object] | None = None) -> T:
-        """Run `function(*args)` on the thread; cancelling the await does not stop a call already running.
-
-        `discard` runs on the thread with a result nobody waits for any more (say, a capture
-        opened after its camera gave up on it), so that it is released rather than leaked.
-        """
-        return await self.start(function, *args, discard=discard)
-
-    def start(
+    def call(
         self, function: Callable[..., T], *args: object, discard: Callable[[T], object] | None = None
     ) -> asyncio.Future[T]:
-        """`call`, as a future its caller may also fail or cancel (say, a watchdog that gave up on the thread)."""
+        """Run `function(*args)` on the thread; its outcome arrives as a future the caller awaits, and may also
+        cancel or fail (a watchdog that gave up on the thread) without stopping a call already running.
+
+        `discard` runs with a result nobody waits for any more (say, a capture opened after its camera
+        gave up on it), so that it is released rather than leaked.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
 

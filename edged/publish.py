@@ -34,6 +34,7 @@ from edged.secrets import MqttSecurity
 
 log = logging.getLogger("edged.mqtt")
 
+OFFLINE = b"offline"  # edged's retained status once it is gone, said by edged or by the broker (the will)
 PUBLISH_TIMEOUT_S = 10.0  # an acknowledgement later than this means the connection is dead
 OFFLINE_GRACE_S = 0.5  # after a flush that timed out: for `offline` (written ahead of the disconnect) to be acked
 ACK_GRACE_S = 0.05  # after a disconnect, for sends whose acknowledgement already arrived to complete
@@ -57,6 +58,7 @@ class Publisher:
         self._security = security or MqttSecurity()
         self.prefix = config.topic_prefix
         self.status_topic = f"{self.prefix}/status"
+        self._goodbye = Message(self.status_topic, OFFLINE, 1, True)  # as the will says, on a clean stop
         self._outbox: deque[Message] = deque()
         self._pending: deque[asyncio.Task[None]] = deque()  # sends of the outbox's first messages, in order
         self._retained: dict[str, Message] = {}
@@ -152,7 +154,7 @@ class Publisher:
         would keep a retained `online` from a process that is gone."""
         if (client := self._session_client) is None:
             return
-        send = asyncio.ensure_future(self._send(client, Message(self.status_topic, b"offline", 1, True)))
+        send = asyncio.ensure_future(self._send(client, self._goodbye))
         await asyncio.wait({send}, timeout=OFFLINE_GRACE_S)
         if not send.done():
             send.cancel()  # not acknowledged yet, but its PUBLISH is queued on the connection before the DISCONNECT
@@ -168,7 +170,7 @@ class Publisher:
             username=config.username,
             password=self._security.password,
             keepalive=config.keepalive,
-            will=aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True),
+            will=aiomqtt.Will(self.status_topic, OFFLINE, qos=1, retain=True),
             timeout=PUBLISH_TIMEOUT_S,
             tls_context=self._security.tls,
             max_inflight_messages=config.inflight,
@@ -271,7 +273,7 @@ class Publisher:
                 message = self._outbox[len(self._pending)]
                 self._pending.append(tasks.create_task(self._send(client, message)))
             if self._closing and not self._outbox and not self._unsent_retained:
-                await self._send(client, Message(self.status_topic, b"offline", 1, True))
+                await self._send(client, self._goodbye)
                 log.info("MQTT: published offline, disconnecting")
                 self._closed.set()
                 return

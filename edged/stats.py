@@ -165,6 +165,7 @@ class _Previous:
     frames_decoded: dict[str, int]
     processed: dict[str, int]
     skipped: dict[str, int]
+    runs: dict[str, CameraFigures]  # whose counts these are: a camera a reload restarts counts afresh
 
 
 class StatsReporter:
@@ -196,17 +197,16 @@ class StatsReporter:
         self._previous = now
         elapsed = now.at - previous.at
 
-        def rate(current: int, before: int) -> float:
-            # A count that went back belongs to a camera a reload restarted: its new counters start from 0.
-            counted = current - before if current >= before else current
+        def rate(name: str, current: dict[str, int], before: dict[str, int]) -> float:
+            counted = current[name] - (before[name] if previous.runs.get(name) is now.runs[name] else 0)
             return round(counted / elapsed, 2) if elapsed > 0 else 0.0
 
         cameras = {
             name: {
-                "camera_fps": rate(now.frames_read[name], previous.frames_read.get(name, 0)),
-                "decoded_fps": rate(now.frames_decoded[name], previous.frames_decoded.get(name, 0)),
-                "processed_fps": rate(now.processed[name], previous.processed.get(name, 0)),
-                "skipped_fps": rate(now.skipped[name], previous.skipped.get(name, 0)),
+                "camera_fps": rate(name, now.frames_read, previous.frames_read),
+                "decoded_fps": rate(name, now.frames_decoded, previous.frames_decoded),
+                "processed_fps": rate(name, now.processed, previous.processed),
+                "skipped_fps": rate(name, now.skipped, previous.skipped),
                 "frames_read": now.frames_read[name],
                 "frames_decoded": now.frames_decoded[name],
                 "frames_processed": now.processed[name],
@@ -260,4 +260,5 @@ class StatsReporter:
             frames_decoded={name: c.reader.frames_decoded for name, c in cameras.items()},
             processed={name: c.processed for name, c in cameras.items()},
             skipped={name: c.slot.skipped for name, c in cameras.items()},
+            runs=dict(cameras),
         )

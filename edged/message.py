@@ -11,6 +11,8 @@ from edged.inference import Result
 
 def faces_json(faces: Faces, width: int, height: int) -> list[dict[str, object]]:
     """Faces as subscribers see them: score, box in source pixels, box normalised to 0..1."""
+    if not len(faces):
+        return []  # most frames of most cameras: 0.3 us instead of 6 for the numpy passes below
     size = np.array([width, height, width, height], dtype=np.float64)
     # One vectorised rounding per array, then plain lists: cheaper than formatting face by face.
     scores = np.round(faces.scores.astype(np.float64), 4).tolist()

@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
-
 from edged.bench.reference import BenchmarkError
 
 PREFIX = "bench"
 RSS_SAMPLE_S = 5.0
 WARMUP_S = 3.0  # from every camera's first message to the start of the measuring window
+SUBSCRIBE_S = 0.5  # for mosquitto_sub to connect and subscribe before edged starts publishing
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -206,7 +205,7 @@ async def _run(
     with tempfile.TemporaryDirectory(prefix="edged-bench-") as folder:
         config = write_config(Path(folder), model, cameras, host, port, requests)
         log = Path(folder) / "edged.log"
-        async with _subscriber(host, port) as received:
+        async with _subscriber(host, port, Path(folder) / "received.txt") as received:
             with log.open("wb") as stderr:
                 process = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "edged.cli", "--log-level", "warning", "run", "-c", str(config),
@@ -216,11 +215,9 @@ async def _run(
                 if expect_messages:
                     await _until_every_camera_publishes(received, cameras, process)
                 await asyncio.sleep(warmup)
-                start = _sample(process.pid)
-                mark = len(received.detections)
+                start, start_mark = _sample(process.pid), received.mark()
                 rss = await _rss_over(process.pid, seconds)
-                end = _sample(process.pid)
-                window = received.detections[mark:]
+                end, end_mark = _sample(process.pid), received.mark()
                 peak = _peak_rss(process.pid)
             except BenchmarkError as error:
                 raise BenchmarkError(f"{error}; edged's last words: {_last_line(log)}") from None
@@ -229,44 +226,103 @@ async def _run(
                     process.send_signal(signal.SIGTERM)
                     await asyncio.wait_for(process.wait(), 15)
             await asyncio.sleep(0.3)  # the final stats message, published on the way out
-    return _result(name, cameras, window, start, end, [start.rss, *rss, end.rss], peak, received.final_stats)
+        window = received.detections(start_mark, end_mark)
+        final_stats = received.final_stats()
+    return _result(name, cameras, window, start, end, [start.rss, *rss, end.rss], peak, final_stats)
 
 
-@dataclass(slots=True)
 class _Received:
-    detections: list[tuple[str, float]] = field(default_factory=list)  # (camera, latency_ms)
-    final_stats: dict[str, Any] = field(default_factory=dict)
+    """What the subscriber wrote: one line per message, `topic payload`, appended as it arrives.
+
+    The subscriber is `mosquitto_sub`, a C client that only appends to a file, and nothing is parsed
+    while edged is measured: the harness takes as little as it can of the CPU edged is measured on
+    (an aiomqtt subscriber parsing each message took 4-5 % of a core at 240 messages/s; see
+    docs/performance-notes.md, section j). Messages still really travel through the broker to a client.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._scanned = 0  # bytes already searched for cameras
+        self.cameras_seen: set[str] = set()
+
+    def mark(self) -> int:
+        """A point in the stream of messages: everything received so far lies before it."""
+        return self._path.stat().st_size
+
+    def scan_cameras(self) -> set[str]:
+        """Cameras that have published detections so far, from the topics alone (cheap: no JSON)."""
+        with self._path.open("rb") as file:
+            file.seek(self._scanned)
+            chunk = file.read()
+        complete = chunk.rfind(b"\n") + 1
+        self._scanned += complete
+        for line in chunk[:complete].splitlines():
+            topic = line.split(b" ", 1)[0].decode()
+            if topic.endswith("/detections"):
+                self.cameras_seen.add(topic.split("/")[-2])
+        return self.cameras_seen
+
+    def detections(self, start: int, end: int) -> list[tuple[str, float]]:
+        """(camera, latency_ms) of the detection messages whose lines end between two marks."""
+        data = self._path.read_bytes()
+        first = data.rfind(b"\n", 0, start) + 1  # a line cut by the first mark ended after it: it counts
+        last = data.rfind(b"\n", 0, end) + 1  # one cut by the last mark ends after it: it does not
+        window = []
+        for line in data[first:last].splitlines():
+            topic, _, payload = line.partition(b" ")
+            if topic.endswith(b"/detections"):
+                body = json.loads(payload)
+                window.append((body["camera"], body["latency_ms"]))
+        return window
+
+    def final_stats(self) -> dict[str, Any]:
+        """The last stats message (edged publishes one on its way out)."""
+        stats_topic = f"{PREFIX}/stats".encode()
+        for line in reversed(self._path.read_bytes().splitlines()):
+            topic, _, payload = line.partition(b" ")
+            if topic == stats_topic:
+                body: dict[str, Any] = json.loads(payload)
+                return body
+        return {}
 
 
 @contextlib.asynccontextmanager
-async def _subscriber(host: str, port: int) -> AsyncIterator[_Received]:
-    received = _Received()
-    async with aiomqtt.Client(host, port, identifier="edged-bench-subscriber") as client:
-        await client.subscribe(f"{PREFIX}/+/detections")
-        await client.subscribe(f"{PREFIX}/stats")
+async def _subscriber(host: str, port: int, path: Path) -> AsyncIterator[_Received]:
+    binary = shutil.which("mosquitto_sub")
+    if binary is None:
+        raise BenchmarkError("no mosquitto_sub on this machine: install the mosquitto-clients package")
+    topics = [f"{PREFIX}/+/detections", f"{PREFIX}/stats"]
+    with path.open("wb") as output:
+        process = await asyncio.create_subprocess_exec(
+            binary, "-h", host, "-p", str(port), "-i", "edged-bench-subscriber", "-v",
+            *(part for topic in topics for part in ("-t", topic)),
+            stdout=output, stderr=subprocess.PIPE,
+        )  # fmt: skip
+    try:
+        await _until_subscribed(process, host, port)
+        yield _Received(path)
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        await process.wait()
 
-        async def collect() -> None:
-            async for message in client.messages:
-                body = json.loads(bytes(message.payload))
-                if message.topic.matches(f"{PREFIX}/stats"):
-                    received.final_stats = body
-                else:
-                    received.detections.append((body["camera"], body["latency_ms"]))
 
-        task = asyncio.create_task(collect())
-        try:
-            yield received
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+async def _until_subscribed(process: asyncio.subprocess.Process, host: str, port: int) -> None:
+    """mosquitto_sub prints nothing when it has subscribed: give it the time a local broker needs, and
+    make a subscriber that could not connect say why instead of leaving the run to wait for messages."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(process.wait(), SUBSCRIBE_S)
+    if process.returncode is not None:
+        assert process.stderr is not None
+        problem = (await process.stderr.read()).decode(errors="replace").strip() or f"exit code {process.returncode}"
+        raise BenchmarkError(f"the bench's subscriber could not subscribe at {host}:{port}: {problem}")
 
 
 async def _until_every_camera_publishes(
     received: _Received, cameras: dict[str, CameraSpec], process: asyncio.subprocess.Process, timeout: float = 120
 ) -> None:
     deadline = time.monotonic() + timeout
-    while {camera for camera, _ in received.detections} != set(cameras):
+    while received.scan_cameras() != set(cameras):
         if process.returncode is not None:
             raise BenchmarkError(f"edged exited with code {process.returncode} before every camera published")
         if time.monotonic() > deadline:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import orjson
 
 from edged.decode import Faces
@@ -11,17 +10,20 @@ from edged.inference import Result
 
 def faces_json(faces: Faces, width: int, height: int) -> list[dict[str, object]]:
     """Faces as subscribers see them: score, box in source pixels, box normalised to 0..1."""
-    if not len(faces):
-        return []  # most frames of most cameras: 0.3 us instead of 6 for the numpy passes below
-    size = np.array([width, height, width, height], dtype=np.float64)
-    # One vectorised rounding per array, then plain lists: cheaper than formatting face by face.
-    scores = np.round(faces.scores.astype(np.float64), 4).tolist()
-    boxes = faces.boxes.astype(np.float64)
+    # Plain floats and Python's round: a frame has a few faces, and numpy's per-call overhead (six
+    # calls, rounding included) is what a few faces cost with it (docs/performance-notes.md, section j).
     return [
-        {"score": score, "box": box, "box_norm": norm}
-        for score, box, norm in zip(
-            scores, np.round(boxes, 1).tolist(), np.round(boxes / size, 4).tolist(), strict=True
-        )
+        {
+            "score": round(score, 4),
+            "box": [round(x_min, 1), round(y_min, 1), round(x_max, 1), round(y_max, 1)],
+            "box_norm": [
+                round(x_min / width, 4),
+                round(y_min / height, 4),
+                round(x_max / width, 4),
+                round(y_max / height, 4),
+            ],
+        }
+        for score, (x_min, y_min, x_max, y_max) in zip(faces.scores.tolist(), faces.boxes.tolist(), strict=True)
     ]
 
 

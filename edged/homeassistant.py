@@ -9,7 +9,8 @@ Entities (all unavailable while `{prefix}/status` is `offline`):
 A camera removed from the config must not leave dead entities behind, so the cameras announced are
 recorded (retained) on `{prefix}/homeassistant/cameras`. On connect, the record a previous run left
 arrives as a retained message; the cameras in it that are no longer configured get empty retained
-payloads on their discovery topics, which is how Home Assistant is told to delete an entity.
+payloads on their discovery topics, which is how Home Assistant is told to delete an entity. A
+reload that adds or removes a camera announces or withdraws it at once.
 """
 
 from __future__ import annotations
@@ -97,15 +98,40 @@ class HomeAssistantDiscovery:
 
     def start(self) -> None:
         """Queue the discovery configs and the record; read back the previous record on every connect."""
-        prefix = self._publisher.prefix
         for camera in self._cameras:
-            for component, payload in discovery_configs(prefix, camera, self._version).items():
-                topic = discovery_topic(self._config.discovery_prefix, self._node, component, camera)
-                self._publisher.set_retained(topic, json.dumps(payload, separators=(",", ":")).encode(), self._qos)
-        record = {"discovery_prefix": self._config.discovery_prefix, "node_id": self._node, "cameras": self._cameras}
+            self._announce(camera)
         self._publisher.subscribe(self.record_topic, self._on_record)
-        self._publisher.set_retained(self.record_topic, json.dumps(record).encode(), self._qos)
+        self._publish_record()
         log.info("Home Assistant discovery: %d cameras under %s/", len(self._cameras), self._config.discovery_prefix)
+
+    def add_camera(self, camera: str) -> None:
+        """A reload added the camera: Home Assistant gets its entities at once."""
+        if camera in self._cameras:
+            return  # announced already (a camera a reload restarted keeps its entities)
+        self._cameras = sorted([*self._cameras, camera])
+        self._announce(camera)
+        self._publish_record()
+
+    def remove_camera(self, camera: str) -> None:
+        """A reload removed the camera: its entities go from Home Assistant, not only at the next start."""
+        if camera not in self._cameras:
+            return
+        self._cameras = [name for name in self._cameras if name != camera]
+        self._withdraw(self._config.discovery_prefix, self._node, camera)
+        self._publish_record()
+
+    def _announce(self, camera: str) -> None:
+        for component, payload in discovery_configs(self._publisher.prefix, camera, self._version).items():
+            topic = discovery_topic(self._config.discovery_prefix, self._node, component, camera)
+            self._publisher.set_retained(topic, json.dumps(payload, separators=(",", ":")).encode(), self._qos)
+
+    def _withdraw(self, discovery_prefix: str, node: str, camera: str) -> None:
+        for component in COMPONENTS:
+            self._publisher.set_retained(discovery_topic(discovery_prefix, node, component, camera), b"", self._qos)
+
+    def _publish_record(self) -> None:
+        record = {"discovery_prefix": self._config.discovery_prefix, "node_id": self._node, "cameras": self._cameras}
+        self._publisher.set_retained(self.record_topic, json.dumps(record).encode(), self._qos)
 
     def _on_record(self, topic: str, payload: bytes, retained: bool) -> None:
         if not retained or not payload:
@@ -120,7 +146,6 @@ class HomeAssistantDiscovery:
         keep = set(self._cameras) if (old_prefix, old_node) == (self._config.discovery_prefix, self._node) else set()
         removed = [camera for camera in announced if camera not in keep]
         for camera in removed:
-            for component in COMPONENTS:
-                self._publisher.set_retained(discovery_topic(old_prefix, old_node, component, camera), b"", self._qos)
+            self._withdraw(old_prefix, old_node, camera)
         if removed:
             log.info("Home Assistant: removed the entities of cameras no longer configured: %s", ", ".join(removed))

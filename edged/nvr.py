@@ -61,15 +61,19 @@ class Nvr:
     def add_camera(self, name: str, reader: CameraCounters, slot: FrameSlot, model: str) -> None:
         self.telemetry.add_camera(name, reader, slot, model)
         self.control.add_camera(name, slot)
+        if self._discovery is not None:
+            self._discovery.add_camera(name)
         if self._tracker is not None and not self._tracker.has_event(name):
             # A previous run may have died with a face on record: the count starts from what is known.
             # (A camera a reload restarts keeps its open event, and the count that event published.)
             self._publisher.set_retained(self._faces_topic(name), b"0", self._state_qos)
 
     def remove_camera(self, name: str) -> None:
-        """A reload removed the camera: it leaves the stats and takes no more commands."""
+        """A reload removed the camera: it leaves the stats and Home Assistant, and takes no more commands."""
         self.telemetry.cameras.pop(name, None)
         self.control.remove_camera(name)
+        if self._discovery is not None:
+            self._discovery.remove_camera(name)
 
     def start(self) -> None:
         """Before the run: bind /metrics (EdgedError if it cannot), subscribe, queue discovery."""

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,15 @@ class Edged:
 
     def log_text(self) -> str:
         return self.log.read_text()
+
+    def reload(self, config: Path, new: Path, until: str) -> None:
+        """Put `new`'s contents into `config`, send SIGHUP, wait until the log says `until` after the reload."""
+        config.write_text(new.read_text())
+        self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + TIMEOUT
+        while until not in self.log_text().partition("reload done")[2]:
+            assert time.monotonic() < deadline, self.log_text()
+            time.sleep(0.1)
 
 
 @contextmanager
@@ -356,6 +365,32 @@ def test_invalid_detect_commands_are_ignored_with_a_warning(
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
+def test_a_camera_switched_off_over_mqtt_stays_off_when_a_reload_restarts_it(
+    tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
+) -> None:
+    cameras = {
+        "front": {"url": str(media_dir / "images" / "astronaut.png"), "fps": 5},
+        "back": {"url": str(media_dir / "images" / "cameraman.png"), "fps": 5},
+    }
+    config = write_config(tmp_path, shared_dir, broker, cameras)
+    with Subscriber(broker.host, broker.port, "edged/#") as subscriber, edged_running(config) as edged:
+        subscriber.wait_for_count("edged/front/detections", 2, timeout=TIMEOUT)
+        subscriber.publish("edged/front/detect/set", "OFF")
+        subscriber.wait_for_message("edged/front/detect/state", lambda m: m.payload == b"OFF", timeout=TIMEOUT)
+        changed = {"front": {**cameras["front"], "fps": 4}, "back": cameras["back"]}  # restarts front only
+        edged.reload(config, write_config(tmp_path, shared_dir, broker, changed), until="camera front: online")
+        paused_at = len(subscriber.messages("edged/front/detections"))
+        back_at = len(subscriber.messages("edged/back/detections"))
+        subscriber.wait_for_count("edged/back/detections", back_at + 10, timeout=TIMEOUT)
+        assert len(subscriber.messages("edged/front/detections")) == paused_at  # still off after the restart
+        assert [m.payload for m in subscriber.messages("edged/front/detect/state")] == [b"ON", b"OFF"]
+
+        subscriber.publish("edged/front/detect/set", "ON")
+        subscriber.wait_for_count("edged/front/detections", paused_at + 3, timeout=TIMEOUT)
+        assert edged.stop() == 0, edged.log_text()
+
+
 # --- Home Assistant ------------------------------------------------------------------------------------
 
 
@@ -417,6 +452,39 @@ def test_home_assistant_discovery_describes_each_camera_and_a_removed_camera_los
         assert {m.topic for m in late.messages("homeassistant/#")} == discovery_topics("front")
 
 
+@pytest.mark.slow
+def test_a_reload_gives_an_added_camera_its_entities_and_takes_a_removed_cameras_away(
+    tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
+) -> None:
+    front = {"url": str(media_dir / "images" / "astronaut.png"), "fps": 5}
+    back = {"url": str(media_dir / "images" / "cameraman.png"), "fps": 5}
+    config = write_config(tmp_path, shared_dir, broker, {"front": front}, homeassistant={"enabled": True})
+    with (
+        Subscriber(broker.host, broker.port, ["homeassistant/#", "edged/homeassistant/cameras"]) as subscriber,
+        edged_running(config) as edged,
+    ):
+        subscriber.wait_for(lambda ms: discovery_topics("front") <= {m.topic for m in ms}, timeout=TIMEOUT)
+        swapped = write_config(tmp_path, shared_dir, broker, {"back": back}, homeassistant={"enabled": True})
+        edged.reload(config, swapped, until="camera back: online")
+
+        def announced(camera: str, messages: Sequence[Message]) -> set[str]:
+            return {m.topic for m in messages if m.topic in discovery_topics(camera) and m.payload}
+
+        subscriber.wait_for(lambda ms: announced("back", ms) == discovery_topics("back"), timeout=TIMEOUT)
+        subscriber.wait_for(
+            lambda ms: discovery_topics("front") <= {m.topic for m in ms if m.payload == b""}, timeout=TIMEOUT
+        )
+        record = subscriber.wait_for_message(
+            "edged/homeassistant/cameras", lambda m: m.json()["cameras"] == ["back"], timeout=TIMEOUT
+        )
+        jsonschema.validate(record.json(), schema("homeassistant-record"))
+        assert edged.stop() == 0, edged.log_text()
+
+    with Subscriber(broker.host, broker.port, "homeassistant/#") as late:  # what Home Assistant finds on the broker
+        late.wait_for(lambda ms: discovery_topics("back") <= {m.topic for m in ms}, timeout=TIMEOUT)
+        assert {m.topic for m in late.messages("homeassistant/#")} == discovery_topics("back")
+
+
 def test_a_reload_that_restarts_a_camera_keeps_its_face_count_while_the_face_stays_in_view(
     tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
 ) -> None:
@@ -425,12 +493,7 @@ def test_a_reload_that_restarts_a_camera_keeps_its_face_count_while_the_face_sta
     with Subscriber(broker.host, broker.port, "edged/door/faces") as subscriber, edged_running(config) as edged:
         subscriber.wait_for_message("edged/door/faces", where=lambda m: m.payload != b"0", timeout=TIMEOUT)
         changed = write_config(tmp_path, shared_dir, broker, {"door": {**camera, "fps": 4}})  # restarts the camera
-        config.write_text(changed.read_text())
-        edged.process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + TIMEOUT
-        while "camera door: online" not in edged.log_text().partition("reload done")[2]:
-            assert time.monotonic() < deadline, edged.log_text()
-            time.sleep(0.1)
+        edged.reload(config, changed, until="camera door: online")
         time.sleep(1.0)  # frames of the restarted camera are processed: a count they changed would have arrived
         counts = [m.payload for m in subscriber.messages("edged/door/faces")]
         assert edged.stop() == 0, edged.log_text()

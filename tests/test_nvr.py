@@ -296,15 +296,20 @@ def test_a_metrics_port_in_use_stops_edged_at_start_with_one_line(
 # --- control -----------------------------------------------------------------------------------------
 
 
+def front_and_back(media_dir: Path) -> dict[str, Any]:
+    """Two still cameras at 5 fps: front shows astronaut.png, back cameraman.png."""
+    return {
+        "front": {"url": str(media_dir / "images" / "astronaut.png"), "fps": 5},
+        "back": {"url": str(media_dir / "images" / "cameraman.png"), "fps": 5},
+    }
+
+
 @pytest.mark.slow
 def test_detect_off_stops_detections_of_that_camera_only_and_on_resumes_them(
     tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
 ) -> None:
     port = free_port()
-    cameras = {
-        "front": {"url": str(media_dir / "images" / "astronaut.png"), "fps": 5},
-        "back": {"url": str(media_dir / "images" / "cameraman.png"), "fps": 5},
-    }
+    cameras = front_and_back(media_dir)
     config = write_config(tmp_path, shared_dir, broker, cameras, metrics={"port": port})
     with Subscriber(broker.host, broker.port, "edged/#") as subscriber, edged_running(config) as edged:
 
@@ -369,10 +374,7 @@ def test_invalid_detect_commands_are_ignored_with_a_warning(
 def test_a_camera_switched_off_over_mqtt_stays_off_when_a_reload_restarts_it(
     tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
 ) -> None:
-    cameras = {
-        "front": {"url": str(media_dir / "images" / "astronaut.png"), "fps": 5},
-        "back": {"url": str(media_dir / "images" / "cameraman.png"), "fps": 5},
-    }
+    cameras = front_and_back(media_dir)
     config = write_config(tmp_path, shared_dir, broker, cameras)
     with Subscriber(broker.host, broker.port, "edged/#") as subscriber, edged_running(config) as edged:
         subscriber.wait_for_count("edged/front/detections", 2, timeout=TIMEOUT)
@@ -407,10 +409,7 @@ def discovery_topics(camera: str) -> set[str]:
 def test_home_assistant_discovery_describes_each_camera_and_a_removed_camera_loses_its_entities(
     tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
 ) -> None:
-    both = {
-        "front": {"url": str(media_dir / "images" / "astronaut.png"), "fps": 5},
-        "back": {"url": str(media_dir / "images" / "cameraman.png"), "fps": 5},
-    }
+    both = front_and_back(media_dir)
     expected = discovery_topics("front") | discovery_topics("back")
     config = write_config(tmp_path, shared_dir, broker, both, homeassistant={"enabled": True})
     with (
@@ -456,15 +455,14 @@ def test_home_assistant_discovery_describes_each_camera_and_a_removed_camera_los
 def test_a_reload_gives_an_added_camera_its_entities_and_takes_a_removed_cameras_away(
     tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
 ) -> None:
-    front = {"url": str(media_dir / "images" / "astronaut.png"), "fps": 5}
-    back = {"url": str(media_dir / "images" / "cameraman.png"), "fps": 5}
-    config = write_config(tmp_path, shared_dir, broker, {"front": front}, homeassistant={"enabled": True})
+    cameras = front_and_back(media_dir)
+    config = write_config(tmp_path, shared_dir, broker, {"front": cameras["front"]}, homeassistant={"enabled": True})
     with (
         Subscriber(broker.host, broker.port, ["homeassistant/#", "edged/homeassistant/cameras"]) as subscriber,
         edged_running(config) as edged,
     ):
         subscriber.wait_for(lambda ms: discovery_topics("front") <= {m.topic for m in ms}, timeout=TIMEOUT)
-        swapped = write_config(tmp_path, shared_dir, broker, {"back": back}, homeassistant={"enabled": True})
+        swapped = write_config(tmp_path, shared_dir, broker, {"back": cameras["back"]}, homeassistant={"enabled": True})
         edged.reload(config, swapped, until="camera back: online")
 
         def announced(camera: str, messages: Sequence[Message]) -> set[str]:

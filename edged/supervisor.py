@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edged import health, worker
+from edged.allocator import return_free_memory
 from edged.camera import Camera
 from edged.config import Config, load_config
 from edged.dispatch import Dispatcher
@@ -106,10 +107,12 @@ class Supervisor:
             )
             self._lifecycle.ready(self._health().summary)
             watchdog = tasks.create_task(self._lifecycle.watch(self._health), name="watchdog")
+            trimmer = tasks.create_task(return_free_memory(), name="return-free-memory")
             while await self._lifecycle.next_request() == "reload":
                 await self._reload()
             self._lifecycle.stopping()
             watchdog.cancel()
+            trimmer.cancel()
             await self._shut_down(dispatch_tasks, mqtt_task)
 
     async def _compile_models(self) -> dict[str, Engine]:

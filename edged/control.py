@@ -23,16 +23,17 @@ class DetectControl:
         self._qos = qos
         self._prefix = publisher.prefix
         self._slots: dict[str, FrameSlot] = {}
-        self._paused: set[str] = set()  # by name: a camera a reload restarts gets a new slot, and stays paused
 
     def add_camera(self, camera: str, slot: FrameSlot) -> None:
+        # A camera a reload restarts comes back with a new slot: it stays paused if it was. One the reload
+        # removed has no slot left, so if it is added back later it starts detecting, as a new one does.
+        previous = self._slots.get(camera)
+        slot.paused = previous is not None and previous.paused
         self._slots[camera] = slot
-        slot.paused = camera in self._paused
         self._publish_state(camera)
 
     def remove_camera(self, camera: str) -> None:
         self._slots.pop(camera, None)
-        self._paused.discard(camera)  # a camera added again later starts detecting, as a new one does
 
     def start(self) -> None:
         self._publisher.subscribe(self.command_topic("+"), self._on_command)
@@ -54,10 +55,7 @@ class DetectControl:
             return
         slot.paused = not enabled
         if slot.paused:
-            self._paused.add(camera)
             slot.take()  # a frame waiting for inference is not detected either
-        else:
-            self._paused.discard(camera)
         log.info(
             "camera %s: detection %s over MQTT%s",
             camera,

@@ -226,8 +226,7 @@ async def _run(
                     process.send_signal(signal.SIGTERM)
                     await asyncio.wait_for(process.wait(), 15)
             await asyncio.sleep(0.3)  # the final stats message, published on the way out
-        window = received.detections(start_mark, end_mark)
-        final_stats = received.final_stats()
+        window, final_stats = received.results(start_mark, end_mark)
     return _result(name, cameras, window, start, end, [start.rss, *rss, end.rss], peak, final_stats)
 
 
@@ -262,8 +261,9 @@ class _Received:
                 self.cameras_seen.add(topic.split("/")[-2])
         return self.cameras_seen
 
-    def detections(self, start: int, end: int) -> list[tuple[str, float]]:
-        """(camera, latency_ms) of the detection messages whose lines end between two marks."""
+    def results(self, start: int, end: int) -> tuple[list[tuple[str, float]], dict[str, Any]]:
+        """(camera, latency_ms) of the detection messages whose lines end between two marks, and the last
+        stats message (edged publishes one on its way out)."""
         data = self._path.read_bytes()
         first = data.rfind(b"\n", 0, start) + 1  # a line cut by the first mark ended after it: it counts
         last = data.rfind(b"\n", 0, end) + 1  # one cut by the last mark ends after it: it does not
@@ -273,17 +273,17 @@ class _Received:
             if topic.endswith(b"/detections"):
                 body = json.loads(payload)
                 window.append((body["camera"], body["latency_ms"]))
-        return window
+        return window, _last_stats(data)
 
-    def final_stats(self) -> dict[str, Any]:
-        """The last stats message (edged publishes one on its way out)."""
-        stats_topic = f"{PREFIX}/stats".encode()
-        for line in reversed(self._path.read_bytes().splitlines()):
-            topic, _, payload = line.partition(b" ")
-            if topic == stats_topic:
-                body: dict[str, Any] = json.loads(payload)
-                return body
-        return {}
+
+def _last_stats(received: bytes) -> dict[str, Any]:
+    stats_topic = f"{PREFIX}/stats".encode()
+    for line in reversed(received.splitlines()):
+        topic, _, payload = line.partition(b" ")
+        if topic == stats_topic:
+            body: dict[str, Any] = json.loads(payload)
+            return body
+    return {}
 
 
 @contextlib.asynccontextmanager

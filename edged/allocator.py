@@ -24,6 +24,7 @@ import asyncio
 import ctypes
 import logging
 import os
+from typing import Any
 
 log = logging.getLogger("edged")
 
@@ -31,6 +32,11 @@ M_MMAP_THRESHOLD = -3  # mallopt parameters, from glibc's <malloc.h>
 M_ARENA_MAX = -8
 LARGE_BLOCK = 1 << 20
 TRIM_INTERVAL_S = 30.0
+
+
+def _glibc(function: str) -> Any:
+    """A function of glibc's malloc, or None on C libraries without it (musl and others)."""
+    return getattr(ctypes.CDLL(None), function, None)
 
 
 def _set_by_operator(variable: str, tunable: str) -> bool:
@@ -43,8 +49,7 @@ def tune_allocator() -> None:
 
     A no-op on other C libraries.
     """
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is None:  # musl and others: they have no such settings to tune
+    if (mallopt := _glibc("mallopt")) is None:
         return
     settings = (
         (M_MMAP_THRESHOLD, LARGE_BLOCK, "MALLOC_MMAP_THRESHOLD_", "malloc.mmap_threshold"),
@@ -58,8 +63,7 @@ def tune_allocator() -> None:
 async def return_free_memory(interval: float = TRIM_INTERVAL_S) -> None:
     """Every `interval` seconds, give the free pages inside malloc's heaps back to the system, on a thread
     (the call walks every arena). Runs until cancelled; returns at once on C libraries without `malloc_trim`."""
-    malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
-    if malloc_trim is None:
+    if (malloc_trim := _glibc("malloc_trim")) is None:
         return
     while True:
         await asyncio.sleep(interval)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 
 from edged.frame import Frame, FrameSlot
@@ -17,14 +18,24 @@ from edged.inference import Engine, Result, ResultCallback
 
 log = logging.getLogger("edged.dispatch")
 
+# An inference takes milliseconds; one not back after this long never will be: OpenVINO's AsyncInferQueue
+# does not call back for a request that failed, and the results of that camera's later frames would wait
+# behind it for good (holding their frames' memory).
+LOST_AFTER_S = 30.0
+LOST_KEPT = 64  # frames given up on whose completion might still come, remembered to ignore it
+
 
 class Dispatcher:
-    def __init__(self, engine: Engine, on_result: ResultCallback) -> None:
+    def __init__(self, engine: Engine, on_result: ResultCallback, *, lost_after: float = LOST_AFTER_S) -> None:
         self._engine = engine
         self._on_result = on_result
+        self._lost_after = lost_after
         self._slots: dict[str, FrameSlot] = {}  # in service order: the camera served longest ago first
-        self._in_order: dict[str, deque[Frame]] = {}  # per camera: frames in flight, oldest first
+        # Per camera: frames in flight with their submission times (time.monotonic()), oldest first.
+        self._in_order: dict[str, deque[tuple[Frame, float]]] = {}
         self._finished: dict[int, Result] = {}  # by id(frame): results waiting for an older frame
+        self._lost: dict[int, Frame] = {}  # by id(frame), holding the frame so that its id stays unique
+        self.lost = 0
         self._wake = asyncio.Event()  # a fresh frame arrived or a request came back
         self._idle = asyncio.Event()
         self._idle.set()
@@ -39,12 +50,24 @@ class Dispatcher:
         self._slots.pop(camera, None)
 
     async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._give_up_on_lost_inferences(), name=f"lost-inferences-{self._engine.name}")
+            await self._feed()
+
+    async def _feed(self) -> None:
         while True:
             self._wake.clear()
-            if self.in_flight < self._engine.requests and (frame := self._next_frame()) is not None:
+            if self._request_free() and (frame := self._next_frame()) is not None:
                 self._submit(frame)
                 continue
             await self._wake.wait()
+
+    def _request_free(self) -> bool:
+        if self.in_flight >= self._engine.requests:
+            return False
+        # A request given up on may still be running after all: submitting would then block the loop until
+        # one frees, so ask the queue itself.
+        return not self._lost or self._engine.request_idle()
 
     async def drain(self) -> None:
         """Wait until every frame handed to the engine has come back."""
@@ -66,7 +89,7 @@ class Dispatcher:
         self.in_flight += 1
         self._idle.clear()
         in_order = self._in_order.setdefault(frame.camera, deque())
-        in_order.append(frame)
+        in_order.append((frame, time.monotonic()))
         try:
             self._engine.submit(frame, self._completed)
         except Exception:
@@ -79,12 +102,48 @@ class Dispatcher:
                 self._idle.set()
 
     def _completed(self, result: Result) -> None:
+        if self._lost.pop(id(result.frame), None) is not None:
+            return  # given up on already, and counted back then
+        self._returned()
+        self._finished[id(result.frame)] = result
+        self._release(result.frame.camera)
+
+    def _returned(self) -> None:
         self.in_flight -= 1
         if self.in_flight == 0:
             self._idle.set()
         self._wake.set()
-        self._finished[id(result.frame)] = result
-        in_order = self._in_order[result.frame.camera]
-        while in_order and (ready := self._finished.pop(id(in_order[0]), None)) is not None:
+
+    def _release(self, camera: str) -> None:
+        """Hand over the camera's results that no older frame in flight holds back, in capture order."""
+        in_order = self._in_order[camera]
+        while in_order and (ready := self._finished.pop(id(in_order[0][0]), None)) is not None:
             in_order.popleft()
             self._on_result(ready)
+
+    async def _give_up_on_lost_inferences(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, self._lost_after / 2))
+            deadline = time.monotonic() - self._lost_after
+            for camera, in_order in self._in_order.items():
+                while in_order and in_order[0][1] < deadline and id(in_order[0][0]) not in self._finished:
+                    frame, _ = in_order.popleft()
+                    self._give_up(frame)
+                    self._release(camera)
+
+    def _give_up(self, frame: Frame) -> None:
+        self.lost += 1
+        self._returned()
+        self._lost[id(frame)] = frame
+        if len(self._lost) > LOST_KEPT:
+            del self._lost[next(iter(self._lost))]
+        if self.lost == 1 or self.lost % 100 == 0:
+            log.error(
+                "camera %s: frame %d never came back from model %s after %.0f s (an inference failed inside "
+                "OpenVINO); dropped, %d so far",
+                frame.camera,
+                frame.index,
+                self._engine.name,
+                self._lost_after,
+                self.lost,
+            )

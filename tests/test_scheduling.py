@@ -15,8 +15,8 @@ import pytest
 from edged.config import CameraConfig
 from edged.dispatch import Dispatcher
 from edged.frame import Frame
-from edged.inference import Engine, Result
-from edged.models import resolve
+from edged.inference import Engine, Result, ResultCallback
+from edged.models import ModelSpec, resolve
 from edged.priority import CAMERA_NICENESS, LOWEST, at_lowest_priority
 from edged.sources import open_source
 from edged.worker import Worker
@@ -24,12 +24,16 @@ from edged.worker import Worker
 RETAIL = "models/face-detection-retail-0004/FP32/face-detection-retail-0004.xml"
 
 
-def _one_request_engine(shared_dir: Path) -> Engine:
+def _retail(shared_dir: Path, requests: int) -> ModelSpec:
     spec = resolve(
         "retail", path=shared_dir / RETAIL, name=None, precision=None, device="CPU", confidence=None,
         nms_iou=None, resize=None, folder=shared_dir / "models",
     )  # fmt: skip
-    return Engine(dataclasses.replace(spec, requests=1))
+    return dataclasses.replace(spec, requests=requests)
+
+
+def _one_request_engine(shared_dir: Path) -> Engine:
+    return Engine(_retail(shared_dir, requests=1))
 
 
 async def test_a_camera_whose_frame_was_not_ready_at_its_turn_goes_first_once_it_is(shared_dir: Path) -> None:
@@ -99,3 +103,43 @@ def test_the_lowest_priority_call_returns_its_result_and_raises_its_error_in_the
 
 def _fail() -> None:
     raise ValueError("no decoder")
+
+
+class _EngineLosingOneResult(Engine):
+    """The real engine, but the first frame's result never comes back: what OpenVINO's AsyncInferQueue does
+    for a request that fails (it skips the Python callback), which cannot be provoked on demand."""
+
+    lose: int | None = None
+
+    def submit(self, frame: Frame, done: ResultCallback) -> None:
+        if self.lose is None:
+            self.lose = frame.index
+        super().submit(frame, (lambda result: None) if frame.index == self.lose else done)
+
+
+async def test_a_frame_whose_inference_never_returns_is_given_up_and_the_cameras_later_results_flow(
+    shared_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = _EngineLosingOneResult(_retail(shared_dir, requests=2))
+    delivered: list[int] = []
+    five = asyncio.Event()
+
+    def on_result(result: Result) -> None:
+        delivered.append(result.frame.index)
+        if len(delivered) == 5:
+            five.set()
+
+    dispatcher = Dispatcher(engine, on_result, lost_after=1.0)
+    slot = dispatcher.add_camera("door")
+    image = np.zeros((300, 300, 3), np.uint8)
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        for index in range(6):
+            slot.put(Frame("door", index, time.time(), image, engine.prepare(image)))
+            await asyncio.wait_for(slot.emptied(), 10)  # each frame is inferred, none shed by the next
+        await asyncio.wait_for(five.wait(), 10)
+    finally:
+        task.cancel()
+    assert delivered == [1, 2, 3, 4, 5]  # in capture order, none held back behind the lost frame
+    assert dispatcher.in_flight == 0
+    assert "camera door: frame 0 never came back from model retail after 1 s" in caplog.text

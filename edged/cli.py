@@ -111,7 +111,7 @@ def _validated(path: Path) -> tuple[Config, MqttSecurity]:
     """The config, with every model read and recognised: nothing starts unless all of it is usable."""
     import openvino as ov
 
-    from edged.inference import read_model
+    from edged.inference import check_device, read_model
 
     config = load_config(path)
     security = mqtt_security(config.mqtt, os.environ, path)
@@ -119,6 +119,7 @@ def _validated(path: Path) -> tuple[Config, MqttSecurity]:
     core = ov.Core()
     for spec in config.model_specs().values():
         read_model(spec, core)
+        check_device(spec, core)
     return config, security
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -72,6 +73,27 @@ def read_model(spec: ModelSpec, core: ov.Core) -> tuple[ov.Model, ModelInfo]:
     return model, _inspect(model, path)
 
 
+_VIRTUAL_DEVICES = frozenset({"AUTO", "MULTI", "HETERO", "BATCH"})  # they pick among, or combine, real ones
+
+
+def check_device(spec: ModelSpec, core: ov.Core) -> None:
+    """Refuse a device this machine lacks before anything starts (OpenVINO would only fail at compile time)."""
+    available = list(core.available_devices)
+    virtual, _, targets = spec.device.rpartition(":") if ":" in spec.device else ("", "", spec.device)
+    names = [re.sub(r"\(\d+\)$", "", name.strip()) for name in targets.split(",") if name.strip()]
+    if virtual and virtual not in _VIRTUAL_DEVICES:
+        names = [virtual]
+    wanted = [name for name in names if name not in _VIRTUAL_DEVICES]
+    missing = [name for name in wanted if not any(d == name or d.split(".")[0] == name for d in available)]
+    if virtual == "AUTO" and len(missing) < len(wanted):
+        missing = []  # AUTO takes the first of its candidates that is there
+    if missing or not names:
+        raise ModelError(
+            f"model {spec.name}: device {spec.device!r} is not available on this machine (OpenVINO sees "
+            f"{', '.join(available) or 'none'}): set the model's `device` to one of them"
+        )
+
+
 def _check_ir_xml(path: Path) -> None:
     """Refuse a broken .xml ourselves: handed one, OpenVINO tries every frontend, and TensorFlow's
     prints C++ parse errors to stderr before OpenVINO's own long message."""
@@ -129,7 +151,13 @@ class Engine:
         )
         self._decoder: Decoder = make_decoder(self.info.family, settings)
         graph = _with_preprocessing(model, spec.preprocessing)
-        self._compiled = core.compile_model(graph, spec.device, {"PERFORMANCE_HINT": "THROUGHPUT"})
+        try:
+            self._compiled = core.compile_model(graph, spec.device, {"PERFORMANCE_HINT": "THROUGHPUT"})
+        except RuntimeError as error:
+            raise ModelError(
+                f"model {spec.name}: OpenVINO cannot compile it for device {spec.device!r} ({_first_line(error)}): "
+                "check the model's `device`"
+            ) from None
         self._queue = ov.AsyncInferQueue(self._compiled, spec.requests or self._default_requests(throughput_bound))
         self._queue.set_callback(self._completed)
         # The base class's overload takes one Tensor as it is. AsyncInferQueue.start_async, its Python
@@ -161,6 +189,10 @@ class Engine:
     @property
     def requests(self) -> int:
         return len(self._queue)
+
+    def request_idle(self) -> bool:
+        """Whether a request is free right now (submit would not wait for one)."""
+        return bool(self._queue.is_ready())
 
     def preparer(self) -> Callable[[Image], Image]:
         """`prepare` for one camera, writing into reused input buffers: a pool per thread, since a camera

@@ -158,6 +158,9 @@ CASES = [
     Case("unknown-key", _set("camers", {}), "camers: unknown key: check its spelling", True),
     Case("wrong-type", _set("cameras.good.fps", "fast"), "cameras.good.fps: Input should be a valid number", True),
     Case("duplicate-camera-names", _duplicate_camera, "duplicate key 'good': each key may appear once", True),
+    Case("key-that-is-a-list", _raw("? [a, b]\n: 1\n"), "line 1: a key must be a plain name, not a list", True),
+    Case("home-of-no-user", _set("cameras.good.url", "~nosuchuser/cam.mp4"), "'~' names no user of this", True),
+    Case("mqtt-host-empty", _set("mqtt.host", ""), "mqtt.host: String should have at least 1 character", True),
     Case("unsupported-url-scheme", _set("cameras.good.url", "ftp://cam/x"), "unsupported URL scheme 'ftp'", True),
     Case("video-file-missing", _set("cameras.good.url", "/nonexistent/cam.mp4"), "file not found", True),
     Case("bad-camera-name", _set("cameras.a/b", {"url": "0"}), "a camera name may only contain", True),
@@ -183,6 +186,7 @@ CASES = [
     Case("model-corrupt", _corrupt_model, "not a valid OpenVINO IR file (XML error", True),
     Case("model-weights-truncated", _truncated_weights, "the files may be corrupt or truncated", True),
     Case("model-of-no-family", _model_of_no_family, "unrecognised model outputs: ", True),
+    Case("model-device-absent", _set("model.device", "GPU"), "device 'GPU' is not available on this machine", True),
     # -- one camera's input, while another camera runs ---------------------------------------------
     Case("rtsp-host-unreachable", _unreachable_rtsp, "camera bad: cannot open rtsp://127.0.0.1:1/stream", False),
     Case("video-corrupt", _random_bytes_video, "camera bad: cannot open", False),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,6 +21,16 @@ from edged.models import ModelSpec, models_dir, resolve
 from edged.redact import redact_url
 
 CAMERA_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def plain_topic(value: str) -> str:
+    """A topic edged publishes under: no wildcards, no empty first or last level."""
+    if not value or any(c in value for c in "#+\0") or value.startswith("/") or value.endswith("/"):
+        raise ValueError("must be a plain MQTT topic without wildcards or leading/trailing '/'")
+    return value
+
+
+PlainTopic = Annotated[str, AfterValidator(plain_topic)]
 _ENV_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 _STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https")
 _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
@@ -63,9 +74,7 @@ class TlsConfig(_Strict):
     @field_validator("ca", "cert", "key")
     @classmethod
     def _file_exists(cls, path: Path | None) -> Path | None:
-        if path is not None and not path.is_file():
-            raise ValueError(f"file not found: {path}: give the path of a PEM file")
-        return path
+        return None if path is None else _existing_file(path, f"file not found: {path}: give the path of a PEM file")
 
     @model_validator(mode="after")
     def _cert_with_key(self) -> TlsConfig:
@@ -80,9 +89,9 @@ DEFAULT_CREDENTIAL = "mqtt-password"  # the name systemd/edged.service passes wi
 
 
 class MqttConfig(_Strict):
-    host: str = "127.0.0.1"
+    host: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(default=1883, ge=1, le=65535)  # 8883 when `tls` is given (see _default_port)
-    topic_prefix: str = "edged"
+    topic_prefix: PlainTopic = "edged"
     client_id: str = Field(default_factory=lambda: f"edged-{socket.gethostname()}")
     username: str | None = None
     # The password comes from one of these; see edged/secrets.py for the order and the reasons.
@@ -97,13 +106,6 @@ class MqttConfig(_Strict):
     outbox_size: int = Field(default=10_000, ge=1)
     inflight: int = Field(default=20, ge=1, le=65535)  # QoS>0 messages sent but not yet acknowledged
     backoff: Backoff = Backoff()
-
-    @field_validator("topic_prefix")
-    @classmethod
-    def _plain_topic(cls, value: str) -> str:
-        if not value or any(c in value for c in "#+\0") or value.startswith("/") or value.endswith("/"):
-            raise ValueError("must be a plain MQTT topic without wildcards or leading/trailing '/'")
-        return value
 
     @field_validator("credential")
     @classmethod
@@ -151,9 +153,8 @@ class ModelConfig(_Strict):
     @field_validator("path")
     @classmethod
     def _model_file_exists(cls, path: Path | None) -> Path | None:
-        if path is not None and not path.is_file():
-            raise ValueError(f"model file not found: {path}: give the path of the model's .xml file")
-        return path
+        missing = f"model file not found: {path}: give the path of the model's .xml file"
+        return None if path is None else _existing_file(path, missing)
 
     @model_validator(mode="after")
     def _path_or_name(self) -> ModelConfig:
@@ -188,8 +189,8 @@ class CameraConfig(_Strict):
     @classmethod
     def _readable_source(cls, url: str) -> str:
         kind = source_kind(url)  # raises for unsupported schemes
-        if kind in ("video", "image") and not Path(url).is_file():
-            raise ValueError(f"file not found: {url}: give a video or image file, a stream URL or a device")
+        if kind in ("video", "image"):
+            _existing_file(Path(url), f"file not found: {url}: give a video or image file, a stream URL or a device")
         return url
 
     @property
@@ -234,12 +235,6 @@ def _model_name(name: str) -> str:
 ModelName = Annotated[str, AfterValidator(_model_name)]
 
 
-def _plain_topic(value: str) -> str:
-    if not value or any(c in value for c in "#+\0") or value.startswith("/") or value.endswith("/"):
-        raise ValueError("must be a plain MQTT topic without wildcards or leading/trailing '/'")
-    return value
-
-
 class EventsConfig(_Strict):
     """Debounced face presence per camera (see docs/mqtt.md, `{prefix}/events`)."""
 
@@ -274,7 +269,7 @@ class MetricsConfig(_Strict):
 
 class HomeAssistantConfig(_Strict):
     enabled: bool = False
-    discovery_prefix: Annotated[str, AfterValidator(_plain_topic)] = "homeassistant"
+    discovery_prefix: PlainTopic = "homeassistant"
 
 
 class Config(_Strict):
@@ -353,6 +348,8 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) 
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)
+        if not isinstance(key, Hashable):  # YAML's `? [a, b]`: a key no setting has
+            raise ConfigError(f"line {key_node.start_mark.line + 1}: a key must be a plain name, not a list or mapping")
         if key in seen:
             raise ConfigError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}: each key may appear once")
         seen.add(key)
@@ -367,7 +364,10 @@ def load_config(path: Path | str, environ: dict[str, str] | None = None) -> Conf
     path = Path(path)
     raw = _read_yaml(path)
     raw = _substitute_env(raw, os.environ if environ is None else environ, path, ())
-    _resolve_paths(raw, path.parent.resolve())
+    try:
+        _resolve_paths(raw, path.parent.resolve())
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
     try:
         return Config.model_validate(raw)
     except ValidationError as error:
@@ -451,8 +451,21 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
 
 
 def _relative_to(base: Path, value: str) -> Path:
-    path = Path(value).expanduser()
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # `~someone/...` for a user this machine does not have
+        raise ConfigError(f"{value}: '~' names no user of this machine: write the full path") from None
     return path if path.is_absolute() else (base / path).resolve()
+
+
+def _existing_file(path: Path, missing: str) -> Path:
+    """For validators: a file that is there, else ValueError (pydantic reports it under its key)."""
+    try:
+        if path.is_file():
+            return path
+    except OSError as error:  # e.g. a folder on the way the service user may not enter
+        raise ValueError(f"cannot look at {path} ({error.strerror}): check the permissions of its folders") from None
+    raise ValueError(missing)
 
 
 def _describe(path: Path, error: ValidationError) -> str:

@@ -189,7 +189,7 @@ class Supervisor:
     def _stop_if_all_finished(self) -> None:
         if self._reloading or self._lifecycle.stop_requested.is_set():
             return
-        if all(running.task.done() for running in self._cameras.values()):
+        if self._cameras and all(running.task.done() for running in self._cameras.values()):
             log.info("every camera has finished: stopping")
             self._lifecycle.request_stop()
 
@@ -212,10 +212,13 @@ class Supervisor:
             if self._config_path is None:
                 raise ConfigError("no configuration file to reload from")
             new = await asyncio.to_thread(load_config, self._config_path)  # file I/O: off the loop
+            self._check_models_running(new)
         except ConfigError as error:
-            for line in str(error).splitlines():
-                log.error("reload refused, the running configuration is kept: %s", line)
-            self._lifecycle.ready(self._health().summary)
+            self._refuse_reload(str(error))
+            return
+        except Exception as error:  # a config edged failed to judge must not end a running edged
+            log.debug("reload: reading the configuration failed", exc_info=True)
+            self._refuse_reload(f"{self._config_path}: cannot be read ({type(error).__name__}: {error})")
             return
         changes = diff(self._config, new)
         if changes.needs_restart:
@@ -237,6 +240,21 @@ class Supervisor:
         log.info("reload done in %.1f s: %s", time.monotonic() - started, changes.summary())
         self._lifecycle.ready(self._health().summary)
         self._stop_if_all_finished()  # a reload may have left only cameras that had finished
+
+    def _refuse_reload(self, problems: str) -> None:
+        for line in problems.splitlines():
+            log.error("reload refused, the running configuration is kept: %s", line)
+        self._lifecycle.ready(self._health().summary)
+
+    def _check_models_running(self, new: Config) -> None:
+        """Models are compiled at start only: a camera moved to another model would have none to run on."""
+        changes = diff(self._config, new)
+        for name in (*changes.added, *changes.changed):
+            if (model := new.model_of(name)) not in self._engines:
+                raise ConfigError(
+                    f"{self._config_path}: cameras.{name}: its model {model} is not running (models are compiled "
+                    "at start): restart edged to use it"
+                )
 
     # -- results and statuses -------------------------------------------------------------------
 
@@ -279,7 +297,10 @@ class Supervisor:
                 name,
                 running.camera.online,
                 running.task.done() or running.camera.finished,
-                now - running.camera.last_frame if running.camera.last_frame else None,
+                # A paused file read at detection's pace waits for detection to resume: quiet, not stalled.
+                now - running.camera.last_frame
+                if running.camera.last_frame and not running.camera.slot.paused
+                else None,
                 running.camera.config.stall_timeout,
             )
             for name, running in self._cameras.items()

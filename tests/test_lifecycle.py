@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.edged_process import EdgedProcess, base_config, largest_gap, seqs, write_config
 
@@ -63,18 +64,43 @@ def test_sighup_adds_removes_and_restarts_cameras_while_untouched_ones_keep_stre
     assert "camera kept" not in log.split("received SIGHUP")[1].split("reload done")[0]
 
 
+def _fps_not_a_number(text: str, shared_dir: Path) -> str:
+    return text.replace("fps: 10.0", "fps: fast")
+
+
+def _key_that_is_a_list(text: str, shared_dir: Path) -> str:
+    return text + "? [a, b]\n: 1\n"
+
+
+def _camera_on_a_model_not_running(text: str, shared_dir: Path) -> str:
+    config = yaml.safe_load(text)
+    second = shared_dir / "models/face-detection-adas-0001/FP16/face-detection-adas-0001.xml"
+    config["models"] = {"first": config.pop("model"), "second": {"path": str(second)}}
+    config["cameras"]["kept"]["model"] = "second"
+    return str(yaml.safe_dump(config, sort_keys=False))
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("edit", "refusal"),
+    [
+        (_fps_not_a_number, r"edged\.yaml: cameras\.kept\.fps"),
+        (_key_that_is_a_list, r"edged\.yaml: line \d+: a key must be a plain name"),
+        (_camera_on_a_model_not_running, r"edged\.yaml: cameras\.kept: its model second is not running"),
+    ],
+    ids=["value-of-a-wrong-type", "key-that-is-a-list", "model-not-compiled"],
+)
 def test_an_invalid_config_on_sighup_is_refused_and_the_running_one_kept(
-    tmp_path: Path, shared_dir: Path, broker: Any, subscriber: Any
+    tmp_path: Path, shared_dir: Path, broker: Any, subscriber: Any, edit: Any, refusal: str
 ) -> None:
     watcher = subscriber(broker, "edged/#")
     cameras = {"kept": _camera(shared_dir, "classroom.mp4")}
     path = write_config(tmp_path / "edged.yaml", base_config(shared_dir, broker.port, cameras))
     with EdgedProcess(path, tmp_path / "edged.log") as edged:
         watcher.wait_for_count("edged/kept/detections", 5, timeout=60)
-        path.write_text(path.read_text().replace("fps: 10.0", "fps: fast"))
+        path.write_text(edit(path.read_text(), shared_dir))
         edged.send(signal.SIGHUP)
-        edged.wait_for_log(r"reload refused, the running configuration is kept: .*edged\.yaml: cameras\.kept\.fps")
+        edged.wait_for_log(r"reload refused, the running configuration is kept: .*" + refusal)
         count = len(watcher.messages("edged/kept/detections"))
         watcher.wait_for_count("edged/kept/detections", count + 10, timeout=10)
         code, _ = edged.stop(signal.SIGTERM)

@@ -21,13 +21,28 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from edged.config import HomeAssistantConfig
+from edged.config import CAMERA_NAME, HomeAssistantConfig, plain_topic
 from edged.publish import Publisher
 
 log = logging.getLogger("edged.homeassistant")
 
 COMPONENTS = ("binary_sensor", "sensor", "image", "switch")
 _OBJECT_SUFFIX = {"binary_sensor": "face", "sensor": "faces", "image": "snapshot", "switch": "detection"}
+
+
+_NODE_ID = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"not a string: {value!r}")
+    return value
+
+
+def _checked(pattern: re.Pattern[str], value: object) -> str:
+    if not pattern.fullmatch(_text(value)):
+        raise ValueError(f"not a name edged writes: {value!r}")
+    return _text(value)
 
 
 def node_id(topic_prefix: str) -> str:
@@ -138,9 +153,12 @@ class HomeAssistantDiscovery:
             return  # our own record coming back live, or none was ever kept
         try:
             record = json.loads(payload)
-            announced = [str(camera) for camera in record["cameras"]]
-            old_prefix, old_node = str(record["discovery_prefix"]), str(record["node_id"])
+            announced = [_checked(CAMERA_NAME, camera) for camera in record["cameras"]]
+            old_prefix = plain_topic(_text(record["discovery_prefix"]))
+            old_node = _checked(_NODE_ID, record["node_id"])
         except (ValueError, KeyError, TypeError):
+            # Anyone who can publish to the broker can write this record: it is trusted no further than
+            # names edged itself could have written (no wildcards, no topic levels of its own).
             log.warning("Home Assistant: ignored an unreadable record on %s; no entities removed", topic)
             return
         keep = set(self._cameras) if (old_prefix, old_node) == (self._config.discovery_prefix, self._node) else set()

@@ -75,6 +75,7 @@ class Publisher:
         self.published = 0
         self.reconnects = 0
         self._handlers: dict[str, MessageHandler] = {}
+        self._refused_topics: set[str] = set()  # topics paho refused, logged once each
 
     # -- producer side, on the event loop ---------------------------------------------------
 
@@ -255,6 +256,12 @@ class Publisher:
                 receiver = tasks.create_task(self._receive(client), name="mqtt-receive")
                 await self._drain(client, tasks)
                 receiver.cancel()  # drained and said offline: the session is over
+        except BaseException as error:
+            if not self._closed.is_set() and not _connection_lost(error):
+                # edged is going down without close() (a crash elsewhere cancelled this task): aiomqtt's
+                # clean DISCONNECT on the way out would suppress the will and leave `online` retained.
+                await self._offline_ahead_of_disconnect()
+            raise
         finally:
             self._session_client = None
 
@@ -293,6 +300,14 @@ class Publisher:
             await client.publish(
                 message.topic, message.payload, qos=message.qos, retain=message.retain, timeout=PUBLISH_TIMEOUT_S
             )
+        except ValueError as error:
+            # paho refuses a topic no broker would accept (a wildcard, too long): that message can never be
+            # delivered, so it leaves the outbox instead of failing the connection and every message behind it.
+            self.dropped += 1
+            if message.topic not in self._refused_topics and len(self._refused_topics) < 100:
+                self._refused_topics.add(message.topic)
+                log.error("MQTT: message to %r dropped: %s", message.topic[:200], error)
+            return
         finally:
             self._wake.set()
         self.published += 1
@@ -333,6 +348,12 @@ class Publisher:
             except Exception:
                 # A bad command must not take the connection down with it.
                 log.exception("MQTT: handling a message on %s failed", topic)
+
+
+def _connection_lost(error: BaseException) -> bool:
+    if isinstance(error, BaseExceptionGroup):
+        return error.subgroup(aiomqtt.MqttError) is not None
+    return isinstance(error, aiomqtt.MqttError)
 
 
 def _succeeded(task: asyncio.Task[None]) -> bool:

@@ -62,3 +62,42 @@ async def test_offline_is_retained_even_when_the_broker_stalls_through_the_final
     watcher = subscriber(broker, "edged/status")
     status = await asyncio.to_thread(watcher.wait_for_message, "edged/status", None, 5)
     assert status.payload == b"offline"
+
+
+async def test_offline_is_retained_when_edged_goes_down_without_closing_the_publisher(
+    broker: Mosquitto, subscriber: Any
+) -> None:
+    publisher = Publisher(MqttConfig(host=broker.host, port=broker.port, client_id="crashing"))
+    running = asyncio.create_task(publisher.run())
+    await asyncio.wait_for(publisher.connected.wait(), 10)
+    await asyncio.sleep(0.3)  # `online` is acknowledged
+    running.cancel()  # what the TaskGroup does to the publisher when another task of edged crashes
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+    watcher = subscriber(broker, "edged/status")
+    status = await asyncio.to_thread(watcher.wait_for_message, "edged/status", None, 5)
+    assert status.payload == b"offline"
+
+
+async def test_a_message_to_a_topic_no_broker_accepts_is_dropped_and_the_others_are_delivered(
+    broker: Mosquitto, subscriber: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    watcher = subscriber(broker, "edged/#", qos=1)
+    publisher = Publisher(MqttConfig(host=broker.host, port=broker.port, client_id="wildcard"))
+    running = asyncio.create_task(publisher.run())
+    try:
+        await asyncio.wait_for(publisher.connected.wait(), 10)
+        publisher.publish("edged/door/detections", b"before", 1)
+        publisher.publish("edged/#/detections", b"never", 1)
+        publisher.set_retained("edged/+/state", b"never")
+        publisher.publish("edged/door/detections", b"after", 1)
+        received = await asyncio.to_thread(watcher.wait_for_count, "edged/door/detections", 2, 5)
+        assert [message.payload for message in received] == [b"before", b"after"]
+        assert publisher.connected.is_set() and not running.done()
+        assert publisher.dropped == 2
+        assert "MQTT: message to 'edged/#/detections' dropped: Publish topic cannot contain wildcards." in caplog.text
+    finally:
+        await publisher.close(2)
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running

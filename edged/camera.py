@@ -62,7 +62,7 @@ class _Opening:
 
     source: Source
     selector: FrameSelector
-    started: float  # Unix time the reading began
+    started: float  # time.monotonic() when the reading began: a real-time file's clock (the wall clock may step)
     first: int  # the camera's frame index at the opening's first frame
     thinning: Thinning = field(default_factory=Thinning)
 
@@ -82,7 +82,7 @@ class _Decoded:
     # Unix time the frame reached edged: a live stream's when its data was read from the connection
     # (else when it was decoded), a real-time file's when it falls due, decoded in time or not.
     captured: float
-    due: float | None  # for real-time files: wait until then before handing the frame over
+    due: float | None  # for real-time files: wait until then (time.monotonic()) before handing the frame over
     image: Image
     tensor: Image
 
@@ -170,7 +170,7 @@ class Camera:
                 self.config.stall_timeout + OPEN_GRACE_S,
                 "opening it",
             )
-            opening = _Opening(source, FrameSelector(self.config.fps), time.time(), self._index)
+            opening = _Opening(source, FrameSelector(self.config.fps), time.monotonic(), self._index)
             self._still_tensor, self._behind = None, 0.0
             # A file at full speed waits for detection instead of racing ahead: the next frame is
             # decoded while the current one waits, and none is decoded only to be shed.
@@ -188,7 +188,7 @@ class Camera:
                 if paced_by_detection:
                     await self.slot.emptied()
                     captured = time.time()  # a file frame "arrives" when detection can take it
-                elif decoded.due is not None and (delay := decoded.due - time.time()) > 0:
+                elif decoded.due is not None and (delay := decoded.due - time.monotonic()) > 0:
                     await asyncio.sleep(delay)
                 if not self.online:
                     log.info("camera %s: online (%s)", self.name, self.config.safe_url)
@@ -261,20 +261,20 @@ class Camera:
                 real_time = source.native_fps is None or self.config.realtime
                 self._thin(opening, now_mono, advanced, source.position if real_time else None)
             if source.native_fps is None:
-                stream_time, due = now, None
+                stream_time, due = now_mono, None  # the fps cap keeps pace on a clock that never steps
             else:
                 stream_time = (index - opening.first) / source.native_fps
                 due = opening.started + self._behind + stream_time if realtime_file else None
-                if due is not None and now - due > 1.0 / source.native_fps:
+                if due is not None and now_mono - due > 1.0 / source.native_fps:
                     # The box decodes slower than real time: play on from the newest frame, as a live
                     # stream does, instead of chasing a clock it cannot catch (which would starve
                     # this camera while cameras that keep up take every turn).
-                    self._behind += now - due
-                    due = now
+                    self._behind += now_mono - due
+                    due = now_mono
             if opening.selector.want(stream_time):
                 image = source.retrieve()
                 self._check_size(image)
-                captured = due if due is not None else self._arrival(source, now)
+                captured = now + (due - now_mono) if due is not None else self._arrival(source, now)
                 return _Decoded(index, captured, due, image, self._tensor(source, image))
 
     def _arrival(self, source: Source, decoded: float) -> float:

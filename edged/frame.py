@@ -43,11 +43,24 @@ class FrameSlot:
         self.camera = camera
         self.skipped = 0  # frames replaced before inference could take them
         self.taken = 0  # frames inference took
-        self.paused = False  # detection switched off: frames are dropped here, the camera keeps its stream
         self._frame: Frame | None = None
         self._on_fresh = on_fresh
         self._empty = asyncio.Event()
         self._empty.set()
+        self._detecting = asyncio.Event()
+        self._detecting.set()
+
+    @property
+    def paused(self) -> bool:
+        """Detection switched off: frames are dropped here, a live camera keeps its stream."""
+        return not self._detecting.is_set()
+
+    @paused.setter
+    def paused(self, paused: bool) -> None:
+        if paused:
+            self._detecting.clear()
+        else:
+            self._detecting.set()
 
     def put(self, frame: Frame) -> None:
         if self.paused:
@@ -66,8 +79,10 @@ class FrameSlot:
         return frame
 
     async def emptied(self) -> None:
-        """Wait until the frame put last has been taken (or there is none)."""
+        """Wait until the frame put last has been taken (or there is none) and detection would take another:
+        a source that can wait does not decode frames that would only be dropped."""
         await self._empty.wait()
+        await self._detecting.wait()
 
 
 # At most this many buffers per pool; a pool only grows to what is in use at once (slot, frames in flight and

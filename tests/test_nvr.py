@@ -393,6 +393,53 @@ def test_a_camera_switched_off_over_mqtt_stays_off_when_a_reload_restarts_it(
         assert edged.stop() == 0, edged.log_text()
 
 
+@pytest.mark.slow
+def test_a_file_read_at_detections_pace_is_not_decoded_while_detection_is_off(
+    tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
+) -> None:
+    port = free_port()
+    cameras = {"clip": {"url": str(media_dir / "classroom.mp4"), "realtime": False}}
+    config = write_config(tmp_path, shared_dir, broker, cameras, metrics={"port": port})
+    decoded = ("edged_camera_frames_decoded_total", (("camera", "clip"),))
+    with Subscriber(broker.host, broker.port, "edged/#") as subscriber, edged_running(config) as edged:
+        subscriber.wait_for_count("edged/clip/detections", 5, timeout=TIMEOUT)
+        subscriber.publish("edged/clip/detect/set", "OFF")
+        subscriber.wait_for_message("edged/clip/detect/state", lambda m: m.payload == b"OFF", timeout=TIMEOUT)
+        time.sleep(0.5)  # the frame being decoded when the command came
+        before = scrape(port)[decoded]
+        time.sleep(2.0)  # at full speed this file decodes hundreds of frames in that time
+        assert scrape(port)[decoded] - before <= 1
+        paused_at = len(subscriber.messages("edged/clip/detections"))
+        subscriber.publish("edged/clip/detect/set", "ON")
+        subscriber.wait_for_count("edged/clip/detections", paused_at + 5, timeout=TIMEOUT)
+        assert edged.stop() == 0, edged.log_text()
+
+
+@pytest.mark.slow
+def test_a_retained_off_is_applied_once_not_again_at_every_reconnect(
+    tmp_path: Path, shared_dir: Path, media_dir: Path, broker_factory: Any
+) -> None:
+    broker = broker_factory(persistence=True)  # keeps the retained OFF across its restart
+    cameras = {"front": front_and_back(media_dir)["front"]}
+    config = write_config(tmp_path, shared_dir, broker, cameras)
+    with Subscriber(broker.host, broker.port, "edged/#") as subscriber:
+        subscriber.publish("edged/front/detect/set", "OFF", retain=True)
+        with edged_running(config) as edged:
+            subscriber.wait_for_message("edged/front/detect/state", lambda m: m.payload == b"OFF", timeout=TIMEOUT)
+            subscriber.publish("edged/front/detect/set", "ON")  # a live command overrules it
+            subscriber.wait_for_count("edged/front/detections", 2, timeout=TIMEOUT)
+            broker.restart()
+            deadline = time.monotonic() + TIMEOUT
+            while "MQTT: reconnected" not in edged.log_text():
+                assert time.monotonic() < deadline, edged.log_text()
+                time.sleep(0.1)
+            resumed_at = len(subscriber.messages("edged/front/detections"))
+            subscriber.wait_for_count("edged/front/detections", resumed_at + 5, timeout=TIMEOUT)
+            assert edged.stop() == 0, edged.log_text()
+    assert [m.payload for m in subscriber.messages("edged/front/detect/state")][-1] == b"ON"
+    assert edged.log_text().count("detection paused over MQTT") == 1
+
+
 # --- Home Assistant ------------------------------------------------------------------------------------
 
 
@@ -497,3 +544,23 @@ def test_a_reload_that_restarts_a_camera_keeps_its_face_count_while_the_face_sta
         assert edged.stop() == 0, edged.log_text()
     first_face = next(i for i, count in enumerate(counts) if count != b"0")
     assert b"0" not in counts[first_face:], counts  # the face never left the picture
+
+
+@pytest.mark.slow
+def test_a_forged_discovery_record_naming_wildcard_topics_is_ignored(
+    tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
+) -> None:
+    cameras = {"front": front_and_back(media_dir)["front"]}
+    config = write_config(tmp_path, shared_dir, broker, cameras, homeassistant={"enabled": True})
+    with Subscriber(broker.host, broker.port, ["edged/#", "homeassistant/#"]) as subscriber:
+        forged = {"discovery_prefix": "homeassistant/#", "node_id": "edged", "cameras": ["front", "+"]}
+        subscriber.publish("edged/homeassistant/cameras", json.dumps(forged), retain=True)
+        with edged_running(config) as edged:
+            subscriber.wait_for_count("edged/front/detections", 3, timeout=TIMEOUT)
+            at = len(subscriber.messages("edged/front/detections"))
+            subscriber.wait_for_count("edged/front/detections", at + 5, timeout=TIMEOUT)
+            assert edged.stop() == 0, edged.log_text()
+    log = edged.log_text()
+    assert "Home Assistant: ignored an unreadable record on edged/homeassistant/cameras" in log
+    assert "Traceback" not in log
+    assert not [m for m in subscriber.messages("homeassistant/#") if m.payload == b""]  # nothing withdrawn

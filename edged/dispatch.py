@@ -102,7 +102,7 @@ class Dispatcher:
                 self._idle.set()
 
     def _completed(self, result: Result) -> None:
-        if self._lost.pop(id(result.frame), None) is not None:
+        if self._lost and self._lost.pop(id(result.frame), None) is not None:
             return  # given up on already, and counted back then
         self._returned()
         self._finished[id(result.frame)] = result

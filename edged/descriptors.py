@@ -25,6 +25,7 @@ from edged.decode import (
     make_decoder,
     recognise_family,
 )
+from edged.errors import EdgedError
 
 MODELS_DIR_ENV = "EDGED_MODELS_DIR"
 
@@ -132,7 +133,7 @@ class Descriptor(_Strict):
         return make_decoder(self.family, settings)
 
 
-class DescriptorError(ValueError):
+class DescriptorError(EdgedError, ValueError):
     """A descriptor file that cannot be used; the message names the file."""
 
 

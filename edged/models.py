@@ -8,6 +8,7 @@ known descriptor, if there is one, supplies the preprocessing and the defaults; 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -15,7 +16,15 @@ from typing import Literal
 from edged.decode import AnchorConfig
 from edged.descriptors import MODELS_DIR_ENV, Descriptor, DescriptorError, load_descriptor
 
-BUILTIN_DESCRIPTORS = Path(__file__).resolve().parent.parent / "models"
+
+def _builtin_descriptors() -> Path:
+    """models/ of a checkout (an editable install too), else where an installed wheel put them."""
+    checkout = Path(__file__).resolve().parent.parent / "models"
+    installed = Path(sys.prefix) / "share" / "edged" / "models"
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+
+
+BUILTIN_DESCRIPTORS = _builtin_descriptors()
 DEFAULT_CONFIDENCE = 0.5
 
 Resize = Literal["stretch", "letterbox"]

@@ -5,13 +5,20 @@ from __future__ import annotations
 import logging
 import re
 
-# scheme://user:password@host  and  scheme://user@host: the userinfo part goes.
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+# scheme://user:password@host  and  scheme://user@host: the userinfo part goes, up to the last '@' before the
+# path (a password with an unescaped '@' in it is still all of it).
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#\s]+)@")
+# ...?user=admin&pwd=secret: how many cheap IP cameras take their credentials.
+_QUERY_SECRET = re.compile(
+    r"(?P<key>[?&;](?:user|usr|username|login|pass|pwd|passwd|password|token|access_token|api_?key|key|secret"
+    r"|auth|sig|signature)=)[^&;#\s]*",
+    re.IGNORECASE,
+)
 
 
 def redact_url(text: str) -> str:
-    """Replace the user:password part of every URL in `text` with `***`."""
-    return _USERINFO.sub(r"\g<scheme>***@", text)
+    """Replace the credentials of every URL in `text` (user:password@, secret query values) with `***`."""
+    return _QUERY_SECRET.sub(r"\g<key>***", _USERINFO.sub(r"\g<scheme>***@", text))
 
 
 class RedactingFilter(logging.Filter):

@@ -45,7 +45,7 @@ def mqtt_password(config: MqttConfig, environ: Mapping[str, str], source: Path |
 
 def _read_password_file(path: Path, source: Path | str) -> str:
     try:
-        value = path.read_text(encoding="utf-8").rstrip("\r\n")
+        value = path.read_text(encoding="utf-8").split("\n", 1)[0].rstrip("\r")  # its first line, as documented
     except FileNotFoundError:
         raise ConfigError(f"{source}: mqtt.password_file: {path} not found: create it or fix the path") from None
     except (OSError, UnicodeDecodeError) as error:

@@ -20,6 +20,7 @@ from edged.config import Backoff, CameraConfig, Config, MqttConfig, load_config
 from edged.errors import ConfigError
 from edged.frame import FrameSlot, Image
 from edged.health import CameraState, Snapshot, assess
+from edged.redact import redact_url
 from edged.reload import diff
 from edged.secrets import mqtt_password, tls_context
 from edged.worker import Worker
@@ -67,6 +68,28 @@ def test_tls_moves_the_default_port_to_8883_but_an_explicit_port_wins(tmp_path: 
 def test_tls_paths_are_relative_to_the_config_file(tmp_path: Path, shared_dir: Path) -> None:
     (tmp_path / "ca.pem").write_text("x")
     assert _load(tmp_path, shared_dir, mqtt="  tls: {ca: ca.pem}\n").mqtt.tls.ca == tmp_path / "ca.pem"  # type: ignore[union-attr]
+
+
+def test_a_password_file_gives_its_first_line_only(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("s3cret\r\n# rotated 2026-11-30 by ops\n")
+    assert mqtt_password(MqttConfig(username="u", password_file=tmp_path / "pw"), {}, "c") == "s3cret"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("cannot open rtsp://admin:p@ss@10.0.0.5:554/x", "cannot open rtsp://***@10.0.0.5:554/x"),
+        ("http://10.0.0.6/videostream.cgi?user=admin&pwd=hunter2", "http://10.0.0.6/videostream.cgi?user=***&pwd=***"),
+        (
+            "http://10.0.0.7/snap.jpg?channel=1&Password=x&token=abc#f",
+            "http://10.0.0.7/snap.jpg?channel=1&Password=***&token=***#f",
+        ),
+        ("http://10.0.0.8/mjpeg?at=a@b", "http://10.0.0.8/mjpeg?at=a@b"),
+        ("rtsp://10.0.0.9/stream1", "rtsp://10.0.0.9/stream1"),
+    ],
+)
+def test_camera_credentials_never_reach_a_log_line(text: str, shown: str) -> None:
+    assert redact_url(text) == shown
 
 
 @pytest.mark.parametrize(

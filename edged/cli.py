@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:
+        # `edged detect ... | head`: the reader has what it wanted. Point stdout at /dev/null so the
+        # interpreter's final flush does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception:
         # A bug, not bad input: the traceback is for the developer, redacted like every log line.
         log.exception("edged failed unexpectedly; please report this with the lines above")
@@ -75,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
         "-m", "--model", required=True, help="model .xml file, or a descriptor name (see `edged models`)"
     )
     detect.add_argument("--models-dir", type=Path, help="folder of descriptor-named models (default $EDGED_MODELS_DIR)")
-    detect.add_argument("--confidence", type=float, help="default: the model descriptor's, else 0.5")
+    detect.add_argument("--confidence", type=_confidence, help="0 < c <= 1; default: the model descriptor's, else 0.5")
     detect.add_argument("--device", default="CPU")
     detect.add_argument("images", nargs="+", type=Path)
     detect.set_defaults(handler=_detect)
@@ -105,6 +110,16 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, help="also write the report as JSON to this file")
     bench.set_defaults(handler=_bench)
     return parser
+
+
+def _confidence(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside 0 < confidence <= 1")
+    return value
 
 
 def _validated(path: Path) -> tuple[Config, MqttSecurity]:

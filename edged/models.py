@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from edged.decode import AnchorConfig
@@ -68,6 +68,22 @@ def find_descriptor(name: str, folder: Path) -> Descriptor | None:
     return None
 
 
+def descriptor_of_file(xml: Path, folder: Path) -> Descriptor | None:
+    """The descriptor of a model given by path: by its file's stem, else by the file names it lists (the SSH
+    model's file is not named after its descriptor, and without it the model would lose its letterbox)."""
+    if (by_stem := find_descriptor(xml.stem, folder)) is not None:
+        return by_stem
+    for source in (folder, BUILTIN_DESCRIPTORS):
+        for candidate in sorted(source.glob("*.yaml")) if source.is_dir() else ():
+            try:
+                descriptor = load_descriptor(candidate)
+            except DescriptorError:
+                continue  # someone else's broken descriptor is no reason to refuse this model
+            if any(PurePosixPath(f.xml.path).name == xml.name for f in descriptor.precisions.values()):
+                return descriptor
+    return None
+
+
 def known_descriptor_names(folder: Path) -> list[str]:
     return sorted({p.stem for d in (folder, BUILTIN_DESCRIPTORS) if d.is_dir() for p in d.glob("*.yaml")})
 
@@ -88,7 +104,10 @@ def resolve(
     """Raises ValueError naming the offending key (`models.<key>.…`) and what to do."""
     where = f"models.{key}"
     try:
-        descriptor = find_descriptor(name or (path.stem if path else ""), folder)
+        if name is not None:
+            descriptor = find_descriptor(name, folder)
+        else:
+            descriptor = descriptor_of_file(path, folder) if path is not None else None
     except DescriptorError as error:
         raise ValueError(f"{where}: descriptor unusable: {error}") from None
     if name is not None and descriptor is None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import cv2
 import pytest
 
 from tests.support.broker import Mosquitto
@@ -50,6 +51,22 @@ def test_detect_with_the_ssh_model_by_descriptor_name_agrees_with_the_seed_model
     assert [image["model"] for image in ssh] == [SSH, SSH]
     assert len(ssh[0]["faces"]) == 1 and len(ssh[1]["faces"]) == 1
     assert iou(ssh[0]["faces"][0]["box"], ssd[0]["faces"][0]["box"]) >= 0.7
+
+
+def test_the_ssh_model_given_by_its_file_keeps_its_descriptors_settings(shared_dir: Path, tmp_path: Path) -> None:
+    capture = cv2.VideoCapture(str(shared_dir / "media/classroom.mp4"))
+    ok, frame = capture.read()
+    capture.release()
+    assert ok
+    image = tmp_path / "classroom.png"  # 16:9: stretching it onto 640x640 would lose faces
+    cv2.imwrite(str(image), frame)
+    xml = shared_dir / "models/ssh-contract-retinaface-mnet025/retinaface-mnet025-ssh-640.xml"
+
+    [by_path] = detect("-m", str(xml), str(image))
+    [by_name] = detect("-m", SSH, "--models-dir", str(shared_dir / "models"), str(image))
+
+    assert by_path["faces"] == by_name["faces"]
+    assert len(by_path["faces"]) >= 3
 
 
 def test_detect_refuses_an_unknown_model_name_in_one_line() -> None:

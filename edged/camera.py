@@ -114,6 +114,7 @@ class Camera:
         self._outage_reported = False
         self.last_frame = 0.0  # time.monotonic() of the last frame handed over (0: none yet)
         self.finished = False  # ended by design (a file with `loop: false`) or given up for good
+        self.failed = False  # given up for good: its source cannot be used (a corrupt file)
 
     async def run(self) -> None:
         """Read until the stream ends (a file with `loop: false`), fails for good, or the task is cancelled."""
@@ -141,6 +142,7 @@ class Camera:
                     self._set_online(False)
                     if error.permanent:
                         log.error("%s; this camera is stopped, the others keep running", error)
+                        self.failed = True
                         return
                     self.reconnects += 1
                     # One warning per outage (frames flowing again end it); the retries go to debug.

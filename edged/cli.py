@@ -151,14 +151,15 @@ def _run(args: argparse.Namespace) -> int:
 
     tune_allocator()  # before any frame is allocated: RSS stays flat instead of creeping (edged/allocator.py)
     config, security = _validated(args.config)
-    asyncio.run(Supervisor(config, security, args.config).run())
+    supervisor = Supervisor(config, security, args.config)
+    asyncio.run(supervisor.run())
     if busy_workers():
         # A camera thread is still blocked inside OpenCV/FFmpeg. The normal exit would run the C++
         # libraries' static destructors under its feet (std::terminate, exit 134): leave at once,
         # everything worth keeping (MQTT flush, offline statuses, logs) is done.
         logging.shutdown()
-        os._exit(EXIT_OK)
-    return EXIT_OK
+        os._exit(supervisor.exit_code)
+    return supervisor.exit_code
 
 
 def _detect(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from pathlib import Path
 from typing import Protocol, cast
 
 import av
@@ -372,7 +373,10 @@ def _reason(error: Exception) -> str:
 
 
 def _open_error(camera: str, config: CameraConfig, problem: str) -> SourceError:
-    """One line: the camera, what went wrong, what to do; a file that cannot be opened stays unopenable."""
+    """One line: the camera, what went wrong, what to do; a file that cannot be opened stays unopenable, but one
+    that is gone may come back (replaced, on a share that dropped out): that camera retries."""
+    if config.kind == "video" and not Path(config.url).exists():
+        return SourceError(f"camera {camera}: {config.safe_url} is not there any more: put it back")
     advice = {
         "video": "the file is corrupt, truncated or not a video FFmpeg can decode: check it",
         "device": "check that the device exists and that edged may use it (group 'video')",

@@ -37,6 +37,7 @@ log = logging.getLogger("edged")
 DRAIN_TIMEOUT_S = 2.0  # in-flight inferences take tens of milliseconds; this is a generous bound
 FLUSH_TIMEOUT_S = 2.0  # together they keep a SIGTERM stop well within 5 s and systemd's patience
 WORKER_JOIN_S = 1.0  # for camera threads to release their captures at shutdown
+EXIT_UNUSABLE_INPUT = 2  # as the CLI's exit code for input edged cannot use
 READY_WAIT_S = 15.0  # READY=1 waits at most this long for the first broker connection attempt
 
 
@@ -69,6 +70,7 @@ class Supervisor:
         self._last_result = time.monotonic()  # "since the last result" counts from the start
         self._rate_mark = (time.monotonic(), 0)
         self._published_detections = 0
+        self.exit_code = 0  # for `edged run`: 2 when the run ended because every camera's input was unusable
 
     def stop(self) -> None:
         self._lifecycle.request_stop()
@@ -190,7 +192,13 @@ class Supervisor:
         if self._reloading or self._lifecycle.stop_requested.is_set():
             return
         if self._cameras and all(running.task.done() for running in self._cameras.values()):
-            log.info("every camera has finished: stopping")
+            failed = [name for name, running in self._cameras.items() if running.camera.failed]
+            if failed:
+                # Not a clean stop: systemd (Restart=on-failure) and scripts must see that the input is bad.
+                log.error("every camera has finished, %s on an error (above): stopping", ", ".join(failed))
+                self.exit_code = EXIT_UNUSABLE_INPUT
+            else:
+                log.info("every camera has finished: stopping")
             self._lifecycle.request_stop()
 
     @staticmethod

@@ -263,3 +263,40 @@ def test_bad_camera_input_is_reported_while_the_other_camera_keeps_running(
         }
         assert sizes == {(320, 240)}  # OpenCV scales a stream's frames to its first size; boxes follow it
         assert "Traceback" not in log
+
+
+@pytest.mark.slow
+def test_a_run_whose_only_camera_is_an_unusable_file_exits_2_after_saying_why(
+    tmp_path: Path, shared_dir: Path, broker: Any
+) -> None:
+    noise = tmp_path / "noise.mp4"
+    noise.write_bytes(np.random.default_rng(1).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    config = write_config(tmp_path / "edged.yaml", base_config(shared_dir, broker.port, {"only": {"url": str(noise)}}))
+    with EdgedProcess(config, tmp_path / "edged.log") as edged:
+        code = edged.wait(timeout=60)
+        log = edged.log()
+    assert code == 2, log  # not a clean stop: Restart=on-failure and scripts must see it
+    _assert_one_clear_line(log, "camera only: cannot open")
+    assert "every camera has finished, only on an error (above): stopping" in log
+
+
+@pytest.mark.slow
+def test_a_file_that_goes_away_and_comes_back_is_read_again(
+    tmp_path: Path, shared_dir: Path, broker: Any, subscriber: Any
+) -> None:
+    watcher = subscriber(broker, "edged/#")
+    clip = Path(_copy(Ctx(tmp_path, shared_dir), str(shared_dir / "media/classroom.mp4"), "clip.mp4"))
+    cameras = {"clip": {"url": str(clip), "backoff": {"min": 0.5, "max": 1.0}}}  # 1.5 s, then it loops
+    config = write_config(tmp_path / "edged.yaml", base_config(shared_dir, broker.port, cameras))
+    with EdgedProcess(config, tmp_path / "edged.log") as edged:
+        watcher.wait_for_count("edged/clip/detections", 5, timeout=60)
+        kept = clip.rename(tmp_path / "away.mp4")
+        edged.wait_for_log(re.escape(f"camera clip: {clip} is not there any more: put it back"), timeout=30)
+        watcher.wait_for_message("edged/clip/status", lambda m: m.payload == b"offline", timeout=30)
+        kept.rename(clip)
+        count = len(watcher.messages("edged/clip/detections"))
+        watcher.wait_for_count("edged/clip/detections", count + 5, timeout=30)
+        code, _ = edged.stop(signal.SIGTERM)
+        log = edged.log()
+    assert code == 0, log
+    assert "Traceback" not in log

@@ -347,6 +347,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *defaults`: construct_mapping merges it, and a key given beside it overrides it
         key = loader.construct_object(key_node)
         if not isinstance(key, Hashable):  # YAML's `? [a, b]`: a key no setting has
             raise ConfigError(f"line {key_node.start_mark.line + 1}: a key must be a plain name, not a list or mapping")
@@ -363,6 +365,9 @@ def load_config(path: Path | str, environ: dict[str, str] | None = None) -> Conf
     """Read, substitute, resolve and validate a config file; every problem raises ConfigError."""
     path = Path(path)
     raw = _read_yaml(path)
+    # Top-level `x-...` keys are edged's to ignore (as in Compose files): a place for YAML anchors that
+    # cameras merge with `<<: *name`.
+    raw = {key: value for key, value in raw.items() if not (isinstance(key, str) and key.startswith("x-"))}
     raw = _substitute_env(raw, os.environ if environ is None else environ, path, ())
     try:
         _resolve_paths(raw, path.parent.resolve())

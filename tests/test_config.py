@@ -57,6 +57,20 @@ def test_environment_variables_are_substituted_with_defaults(tmp_path: Path, see
     assert config.mqtt.topic_prefix == "site1"
 
 
+def test_cameras_can_share_settings_through_a_yaml_anchor_under_an_x_key(
+    tmp_path: Path, seed_model: Path, clip: Path
+) -> None:
+    text = (
+        "x-camera: &camera\n  fps: 5\n  stall_timeout: 20\n"
+        f"model:\n  path: {seed_model}\n"
+        f"cameras:\n  door:\n    <<: *camera\n    url: {clip}\n  yard:\n    <<: *camera\n    url: {clip}\n    fps: 2\n"
+    )
+    config = load_config(write(tmp_path, text))
+
+    assert (config.cameras["door"].fps, config.cameras["door"].stall_timeout) == (5, 20)
+    assert (config.cameras["yard"].fps, config.cameras["yard"].stall_timeout) == (2, 20)
+
+
 def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path, shared_dir: Path) -> None:
     config_dir = tmp_path / "etc"
     config_dir.mkdir()

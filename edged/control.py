@@ -35,6 +35,7 @@ class DetectControl:
 
     def remove_camera(self, camera: str) -> None:
         self._slots.pop(camera, None)
+        self._publisher.clear_retained(self.state_topic(camera))
 
     def start(self) -> None:
         self._publisher.subscribe(self.command_topic("+"), self._on_command)

@@ -72,6 +72,8 @@ class Nvr:
         """A reload removed the camera: it leaves the stats and Home Assistant, and takes no more commands."""
         self.telemetry.cameras.pop(name, None)
         self.control.remove_camera(name)
+        for topic in (self._faces_topic(name), f"{self._prefix}/{name}/snapshot"):
+            self._publisher.clear_retained(topic)
         if self._discovery is not None:
             self._discovery.remove_camera(name)
 
@@ -145,7 +147,7 @@ class Nvr:
     def _publish_event(self, event: Event) -> None:
         # Face events are data for subscribers, not edged's own state: the log keeps them at debug.
         log.debug("camera %s: face event %s %s, %d faces", event.camera, event.id, event.type, event.faces)
-        self._publisher.publish(f"{self._prefix}/events", event.payload(), self._config.events.qos)
+        self._publisher.publish(f"{self._prefix}/events", event.payload(), self._config.events.qos, precious=True)
         self._publisher.set_retained(self._faces_topic(event.camera), str(event.faces).encode(), self._state_qos)
 
     def _publish_snapshot(self, camera: str, jpeg: bytes) -> None:

@@ -50,6 +50,7 @@ class Message:
     payload: bytes
     qos: int
     retain: bool
+    precious: bool = False  # a full outbox drops it only when nothing else is left to drop
 
 
 class Publisher:
@@ -79,11 +80,12 @@ class Publisher:
 
     # -- producer side, on the event loop ---------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
-        """Queue a message; when the outbox is full the oldest waiting message is dropped."""
+    def publish(self, topic: str, payload: bytes, qos: int = 0, *, precious: bool = False) -> None:
+        """Queue a message; when the outbox is full the oldest waiting message is dropped, a precious one (an
+        event: rare, and a subscriber cannot infer it from the next) only when nothing else is waiting."""
         if len(self._outbox) >= self._config.outbox_size and len(self._outbox) > len(self._pending):
             # Never one already on the wire: its acknowledgement would retire the wrong message.
-            del self._outbox[len(self._pending)]
+            del self._outbox[self._oldest_droppable()]
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning(
@@ -91,8 +93,15 @@ class Publisher:
                     self._config.outbox_size,
                     self.dropped,
                 )
-        self._outbox.append(Message(topic, payload, qos, False))
+        self._outbox.append(Message(topic, payload, qos, False, precious))
         self._wake.set()
+
+    def _oldest_droppable(self) -> int:
+        first = len(self._pending)
+        for index in range(first, len(self._outbox)):  # events are few: this stops at once or nearly
+            if not self._outbox[index].precious:
+                return index
+        return first
 
     def set_retained(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """Publish a retained state; only its latest value matters, so it is never dropped."""
@@ -102,6 +111,11 @@ class Publisher:
         self._retained[topic] = message
         self._unsent_retained[topic] = message
         self._wake.set()
+
+    def clear_retained(self, topic: str) -> None:
+        """Delete the broker's retained copy (an empty retained message does that), e.g. of a camera a reload
+        removed: subscribers arriving later must not find a camera that no longer exists."""
+        self.set_retained(topic, b"", 1)
 
     @property
     def outbox_depth(self) -> int:

@@ -239,6 +239,7 @@ class Supervisor:
             await self._stop_cameras([*changes.removed, *changes.changed])
             for name in changes.removed:
                 self._nvr.remove_camera(name)
+                self._publisher.clear_retained(f"{self._publisher.prefix}/{name}/status")
                 log.info("camera %s: stopped, removed from the configuration", name)
             self._config = self._config.model_copy(update={"cameras": new.cameras})
             for name in (*changes.added, *changes.changed):

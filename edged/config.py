@@ -12,6 +12,7 @@ import socket
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -167,7 +168,7 @@ SourceKind = Literal["rtsp", "http", "device", "video", "image"]
 
 
 class CameraConfig(_Strict):
-    url: str
+    url: str = Field(min_length=1)
     model: str | None = None  # a key of `models`; default: the first model
     fps: float | None = Field(default=None, gt=0.0, le=240.0)
     realtime: bool = True
@@ -189,6 +190,8 @@ class CameraConfig(_Strict):
     @classmethod
     def _readable_source(cls, url: str) -> str:
         kind = source_kind(url)  # raises for unsupported schemes
+        if kind in ("rtsp", "http") and not urlsplit(url).hostname:
+            raise ValueError(f"no host in {redact_url(url)!r}: give the camera's address, e.g. rtsp://host:554/path")
         if kind in ("video", "image"):
             _existing_file(Path(url), f"file not found: {url}: give a video or image file, a stream URL or a device")
         return url
@@ -387,8 +390,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found: pass an existing file with -c") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read the config file ({error}): check its permissions") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder: pass the config file itself with -c") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}): save the config file as UTF-8") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the config file ({error.strerror}): check its permissions") from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except ConfigError as error:
@@ -451,7 +458,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         return
     for camera in cameras.values():
         url = camera.get("url") if isinstance(camera, dict) else None
-        if isinstance(url, str) and "://" not in url and not url.isdigit() and not url.startswith("/dev/"):
+        if isinstance(url, str) and url and "://" not in url and not url.isdigit() and not url.startswith("/dev/"):
             camera["url"] = str(_relative_to(base, url))
 
 

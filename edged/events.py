@@ -108,9 +108,10 @@ class EventTracker:
             if state.streak < self.min_frames:
                 return Observation()
             state.streak = 0
+            started_ms = round(timestamp * 1000)  # the id is the start time in ms, exactly as start_time shows it
             event = state.event = _Open(
-                id=f"{camera}-{int(timestamp * 1000)}",
-                start_time=timestamp,
+                id=f"{camera}-{started_ms}",
+                start_time=started_ms / 1000,
                 last_seen=timestamp,
                 top_score=score,
                 box=box,

@@ -8,6 +8,7 @@ prometheus-client's own WSGI server in a daemon thread; it reads plain ints and 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import Callable, Iterator
 from wsgiref.simple_server import WSGIServer
@@ -119,9 +120,12 @@ class MetricsServer:
         try:
             self._server, _ = start_http_server(port, host, self.registry)
         except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                advice = "metrics.port: ", "choose a free port or stop what listens there"
+            else:  # not an address of this machine, or a name that does not resolve
+                advice = "metrics.host: ", "give an address of this machine (0.0.0.0 for all, 127.0.0.1 for local only)"
             raise EdgedError(
-                f"metrics.port: cannot serve /metrics on {host}:{port} ({error.strerror}): "
-                "choose a free port or stop what listens there"
+                f"{advice[0]}cannot serve /metrics on {host}:{port} ({error.strerror or error}): {advice[1]}"
             ) from None
         log.info("Prometheus metrics on http://%s:%d/metrics", host, port)
 

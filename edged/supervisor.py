@@ -146,7 +146,8 @@ class Supervisor:
         await self._stop_cameras(list(self._cameras))
         # Captures are released on their own threads; let them finish (a hung one is left behind).
         if stuck := await asyncio.to_thread(worker.join_all, WORKER_JOIN_S):
-            log.warning("%s still blocked in a read; not waiting for it", ", ".join(stuck))
+            names = ", ".join(f"camera {name.removeprefix('camera-')}" for name in stuck)
+            log.warning("%s still blocked in a read; not waiting for it", names)
         dispatchers = list(self._dispatchers.values())
         try:
             await asyncio.wait_for(asyncio.gather(*(d.drain() for d in dispatchers)), DRAIN_TIMEOUT_S)

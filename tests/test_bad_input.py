@@ -161,6 +161,10 @@ CASES = [
     Case("key-that-is-a-list", _raw("? [a, b]\n: 1\n"), "line 1: a key must be a plain name, not a list", True),
     Case("home-of-no-user", _set("cameras.good.url", "~nosuchuser/cam.mp4"), "'~' names no user of this", True),
     Case("mqtt-host-empty", _set("mqtt.host", ""), "mqtt.host: String should have at least 1 character", True),
+    Case("camera-url-empty", _set("cameras.good.url", ""), "cameras.good.url: String should have at least 1", True),
+    Case(
+        "camera-url-without-host", _set("cameras.good.url", "rtsp://"), "cameras.good.url: no host in 'rtsp://'", True
+    ),
     Case("unsupported-url-scheme", _set("cameras.good.url", "ftp://cam/x"), "unsupported URL scheme 'ftp'", True),
     Case("video-file-missing", _set("cameras.good.url", "/nonexistent/cam.mp4"), "file not found", True),
     Case("bad-camera-name", _set("cameras.a/b", {"url": "0"}), "a camera name may only contain", True),

@@ -127,3 +127,10 @@ def test_end_all_closes_every_open_event_at_shutdown() -> None:
     feed(tracker, "yard", [(0.0, faces(0.9))])
     assert sorted((e.type, e.camera) for e in tracker.end_all()) == [("end", "door"), ("end", "yard")]
     assert tracker.end_all() == []
+
+
+def test_an_events_id_is_its_start_time_in_milliseconds_as_published() -> None:
+    tracker = EventTracker(min_frames=1, end_after=2.0)
+    [new] = feed(tracker, "door", [(1796002442.0729, faces(0.9))])  # truncating would give ...072
+    published = json.loads(new.payload())
+    assert published["id"] == f"door-{round(published['start_time'] * 1000)}"

@@ -256,6 +256,12 @@ class Publisher:
                 f"TLS handshake with {where} failed ({text}): check mqtt.tls.ca (the CA that signed the broker's "
                 "certificate), the name it was issued for (or mqtt.tls.insecure) and mqtt.port"
             )
+        if self._security.tls is not None and ("reset by peer" in text or "EOF" in text):
+            # A plain MQTT listener drops a TLS handshake without a word.
+            return logging.ERROR, (
+                f"broker {where} closed the connection during the TLS handshake ({text}): is mqtt.port a TLS "
+                "listener? (mqtt.tls is set; plain MQTT is usually 1883, TLS 8883)"
+            )
         return logging.WARNING, f"broker {where} unreachable ({text})"
 
     # -- one connection ---------------------------------------------------------------------

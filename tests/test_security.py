@@ -133,6 +133,22 @@ def test_a_broker_certificate_from_another_ca_is_a_clear_tls_error(
     assert SECRET not in log and "Traceback" not in log
 
 
+@pytest.mark.slow
+def test_tls_pointed_at_a_plain_mqtt_port_says_it_may_not_be_a_tls_listener(
+    tmp_path: Path, shared_dir: Path, broker: Mosquitto
+) -> None:
+    other = make_tls_files(tmp_path / "ca")
+    mqtt = {"tls": {"ca": str(other.ca_cert)}}
+    config = write_config(tmp_path / "edged.yaml", base_config(shared_dir, broker.port, _cameras(shared_dir), **mqtt))
+    with EdgedProcess(config, tmp_path / "edged.log") as edged:
+        line = edged.wait_for_log(r".*MQTT: broker .* closed the connection during the TLS handshake.*").group(0)
+        code, _ = edged.stop(signal.SIGTERM)
+        log = edged.log()
+    assert code == 0
+    assert "is mqtt.port a TLS listener?" in line and "ERROR" in line
+    assert "Traceback" not in log
+
+
 def test_a_plain_password_in_the_yaml_is_refused_without_echoing_it(tmp_path: Path, shared_dir: Path) -> None:
     mqtt = {"username": "edged", "password": SECRET}
     config = write_config(tmp_path / "edged.yaml", base_config(shared_dir, 1883, _cameras(shared_dir), **mqtt))

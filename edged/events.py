@@ -146,6 +146,13 @@ class EventTracker:
             if state.event is not None and now - state.event.last_seen >= self.end_after
         ]
 
+    def end(self, camera: str) -> Event | None:
+        """End the camera's open event at once and forget the camera (a reload removed it): no snapshot follows."""
+        state = self._cameras.pop(camera, None)
+        if state is None or (event := state.event) is None:
+            return None
+        return self._message("end", camera, event, event.last_seen, False)
+
     def end_all(self) -> list[Event]:
         """End every open event, at shutdown: subscribers must not be left with events that never end."""
         return [self._end(camera, state) for camera, state in self._cameras.items() if state.event is not None]

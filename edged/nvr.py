@@ -52,6 +52,7 @@ class Nvr:
             else None
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._removed: set[str] = set()  # cameras a reload removed: their retained topics stay deleted
 
     # -- wiring, before the run -------------------------------------------------------------
 
@@ -59,6 +60,7 @@ class Nvr:
         self.telemetry.add_model(name, dispatcher, requests)
 
     def add_camera(self, name: str, reader: CameraCounters, slot: FrameSlot, model: str) -> None:
+        self._removed.discard(name)
         self.telemetry.add_camera(name, reader, slot, model)
         self.control.add_camera(name, slot)
         if self._discovery is not None:
@@ -70,8 +72,13 @@ class Nvr:
 
     def remove_camera(self, name: str) -> None:
         """A reload removed the camera: it leaves the stats and Home Assistant, and takes no more commands."""
+        self._removed.add(name)
         self.telemetry.cameras.pop(name, None)
         self.control.remove_camera(name)
+        if self._snapshots is not None:
+            self._snapshots.forget(name)
+        if self._tracker is not None and (event := self._tracker.end(name)) is not None:
+            self._publish_event(event)  # subscribers must not be left with an event that never ends
         for topic in (self._faces_topic(name), f"{self._prefix}/{name}/snapshot"):
             self._publisher.clear_retained(topic)
         if self._discovery is not None:
@@ -148,10 +155,12 @@ class Nvr:
         # Face events are data for subscribers, not edged's own state: the log keeps them at debug.
         log.debug("camera %s: face event %s %s, %d faces", event.camera, event.id, event.type, event.faces)
         self._publisher.publish(f"{self._prefix}/events", event.payload(), self._config.events.qos, precious=True)
-        self._publisher.set_retained(self._faces_topic(event.camera), str(event.faces).encode(), self._state_qos)
+        if event.camera not in self._removed:
+            self._publisher.set_retained(self._faces_topic(event.camera), str(event.faces).encode(), self._state_qos)
 
     def _publish_snapshot(self, camera: str, jpeg: bytes) -> None:
-        self._publisher.set_retained(f"{self._prefix}/{camera}/snapshot", jpeg, self._config.snapshots.qos)
+        if camera not in self._removed:  # rendered after a reload removed the camera
+            self._publisher.set_retained(f"{self._prefix}/{camera}/snapshot", jpeg, self._config.snapshots.qos)
 
     def _publish_stats(self, payload: bytes) -> None:
         self._publisher.set_retained(f"{self._prefix}/stats", payload, self._state_qos)

@@ -94,6 +94,10 @@ class Snapshotter:
         self._idle.clear()
         self._wake.set()
 
+    def forget(self, camera: str) -> None:
+        """Drop the camera's pending snapshot (a reload removed it); one rendering right now still reaches the sink."""
+        self._pending.pop(camera, None)
+
     async def flush(self, timeout: float) -> None:
         """Wait (up to `timeout`) for what is pending to be rendered and handed over: at shutdown, so that an
         event's last message does not announce a snapshot nobody rendered."""

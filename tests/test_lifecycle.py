@@ -33,7 +33,7 @@ def test_sighup_adds_removes_and_restarts_cameras_while_untouched_ones_keep_stre
     watcher = subscriber(broker, "edged/#")
     cameras = {
         "kept": _camera(shared_dir, "classroom.mp4"),
-        "gone": _camera(shared_dir, "face-demographics-walking.mp4"),
+        "gone": _camera(shared_dir, "head-pose-face-detection-female-and-male.mp4"),  # a face always in view
         "tuned": _camera(shared_dir, "head-pose-face-detection-female.mp4"),
     }
     path = write_config(tmp_path / "edged.yaml", base_config(shared_dir, broker.port, cameras))
@@ -58,6 +58,8 @@ def test_sighup_adds_removes_and_restarts_cameras_while_untouched_ones_keep_stre
     late = subscriber(broker, "edged/gone/#")
     time.sleep(0.5)  # retained messages come right after the subscription
     assert late.messages() == []  # nothing retained of a camera that no longer exists
+    gone_events = [m.json()["type"] for m in watcher.messages("edged/events") if m.json()["camera"] == "gone"]
+    assert gone_events[0] == "new" and gone_events[-1] == "end"  # its open face event ended with it
     assert "online" in [m.text() for m in watcher.messages("edged/added/status")]
     assert "offline" in [m.text() for m in watcher.messages("edged/tuned/status")]  # restarted: down, then up
     kept = seqs(watcher, "kept")

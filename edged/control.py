@@ -23,7 +23,7 @@ class DetectControl:
         self._qos = qos
         self._prefix = publisher.prefix
         self._slots: dict[str, FrameSlot] = {}
-        self._retained: dict[str, bytes] = {}  # per camera: the retained command applied last
+        self._commanded: set[str] = set()  # cameras that took a command this run
 
     def add_camera(self, camera: str, slot: FrameSlot) -> None:
         # A camera a reload restarts comes back with a new slot: it stays paused if it was. One the reload
@@ -79,10 +79,10 @@ class DetectControl:
             shown = payload[:40].decode("utf-8", "replace")
             log.warning("camera %s: ignored %r on %s: send ON or OFF", camera, shown, topic)
             return
-        if retained:
-            # The broker hands a retained command over again at every reconnect: applied once, it must not
-            # undo a later live command (an ON sent since would be overturned by the old OFF at each outage).
-            if self._retained.get(camera) == command:
-                return
-            self._retained[camera] = command
+        if retained and camera in self._commanded:
+            # The broker hands a retained command over again at every reconnect (flagged retained only then, not
+            # when it was first published live): it is for a fresh start, and must not overturn what this run
+            # was told since (an ON sent after a retained OFF was undone at each outage).
+            return
+        self._commanded.add(camera)
         self.set_detection(camera, command == ON)

@@ -416,15 +416,20 @@ def test_a_file_read_at_detections_pace_is_not_decoded_while_detection_is_off(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sent", ["before-start", "while-running"])
 def test_a_retained_off_is_applied_once_not_again_at_every_reconnect(
-    tmp_path: Path, shared_dir: Path, media_dir: Path, broker_factory: Any
+    tmp_path: Path, shared_dir: Path, media_dir: Path, broker_factory: Any, sent: str
 ) -> None:
     broker = broker_factory(persistence=True)  # keeps the retained OFF across its restart
     cameras = {"front": front_and_back(media_dir)["front"]}
     config = write_config(tmp_path, shared_dir, broker, cameras)
     with Subscriber(broker.host, broker.port, "edged/#") as subscriber:
-        subscriber.publish("edged/front/detect/set", "OFF", retain=True)
+        if sent == "before-start":
+            subscriber.publish("edged/front/detect/set", "OFF", retain=True)
         with edged_running(config) as edged:
+            if sent == "while-running":  # edged receives it flagged live; only redeliveries are flagged retained
+                subscriber.wait_for_count("edged/front/detections", 1, timeout=TIMEOUT)
+                subscriber.publish("edged/front/detect/set", "OFF", retain=True)
             subscriber.wait_for_message("edged/front/detect/state", lambda m: m.payload == b"OFF", timeout=TIMEOUT)
             subscriber.publish("edged/front/detect/set", "ON")  # a live command overrules it
             subscriber.wait_for_count("edged/front/detections", 2, timeout=TIMEOUT)

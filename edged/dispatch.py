@@ -20,9 +20,9 @@ log = logging.getLogger("edged.dispatch")
 
 # An inference takes milliseconds; one not back after this long never will be: OpenVINO's AsyncInferQueue
 # does not call back for a request that failed, and the results of that camera's later frames would wait
-# behind it for good (holding their frames' memory).
-LOST_AFTER_S = 30.0
-LOST_KEPT = 64  # frames given up on whose completion might still come, remembered to ignore it
+# behind it for good (holding their frames' memory). Well inside health's 30 s without any result.
+LOST_AFTER_S = 15.0
+LOST_CHECK_S = 1.0
 
 
 class Dispatcher:
@@ -34,7 +34,9 @@ class Dispatcher:
         # Per camera: frames in flight with their submission times (time.monotonic()), oldest first.
         self._in_order: dict[str, deque[tuple[Frame, float]]] = {}
         self._finished: dict[int, Result] = {}  # by id(frame): results waiting for an older frame
-        self._lost: dict[int, Frame] = {}  # by id(frame), holding the frame so that its id stays unique
+        # id(frame) of the frames in flight. A frame given up on leaves it; should its result come after all, it
+        # is recognised by its absence (its frame is alive until then, so no other frame can have its id).
+        self._in_flight_ids: set[int] = set()
         self.lost = 0
         self._wake = asyncio.Event()  # a fresh frame arrived or a request came back
         self._idle = asyncio.Event()
@@ -67,7 +69,7 @@ class Dispatcher:
             return False
         # A request given up on may still be running after all: submitting would then block the loop until
         # one frees, so ask the queue itself.
-        return not self._lost or self._engine.request_idle()
+        return not self.lost or self._engine.request_idle()
 
     async def drain(self) -> None:
         """Wait until every frame handed to the engine has come back."""
@@ -90,11 +92,13 @@ class Dispatcher:
         self._idle.clear()
         in_order = self._in_order.setdefault(frame.camera, deque())
         in_order.append((frame, time.monotonic()))
+        self._in_flight_ids.add(id(frame))
         try:
             self._engine.submit(frame, self._completed)
         except Exception:
             self.in_flight -= 1
             in_order.pop()
+            self._in_flight_ids.discard(id(frame))
             log.exception(
                 "camera %s: frame %d could not be submitted to model %s", frame.camera, frame.index, self._engine.name
             )
@@ -102,8 +106,11 @@ class Dispatcher:
                 self._idle.set()
 
     def _completed(self, result: Result) -> None:
-        if self._lost and self._lost.pop(id(result.frame), None) is not None:
-            return  # given up on already, and counted back then
+        try:
+            self._in_flight_ids.remove(id(result.frame))
+        except KeyError:
+            self._wake.set()  # given up on already and counted back then; but its request is free now
+            return
         self._returned()
         self._finished[id(result.frame)] = result
         self._release(result.frame.camera)
@@ -123,7 +130,7 @@ class Dispatcher:
 
     async def _give_up_on_lost_inferences(self) -> None:
         while True:
-            await asyncio.sleep(min(5.0, self._lost_after / 2))
+            await asyncio.sleep(min(LOST_CHECK_S, self._lost_after / 2))
             deadline = time.monotonic() - self._lost_after
             for camera, in_order in self._in_order.items():
                 while in_order and in_order[0][1] < deadline and id(in_order[0][0]) not in self._finished:
@@ -134,9 +141,7 @@ class Dispatcher:
     def _give_up(self, frame: Frame) -> None:
         self.lost += 1
         self._returned()
-        self._lost[id(frame)] = frame
-        if len(self._lost) > LOST_KEPT:
-            del self._lost[next(iter(self._lost))]
+        self._in_flight_ids.discard(id(frame))
         if self.lost == 1 or self.lost % 100 == 0:
             log.error(
                 "camera %s: frame %d never came back from model %s after %.0f s (an inference failed inside "

@@ -73,25 +73,34 @@ def read_model(spec: ModelSpec, core: ov.Core) -> tuple[ov.Model, ModelInfo]:
     return model, _inspect(model, path)
 
 
-_VIRTUAL_DEVICES = frozenset({"AUTO", "MULTI", "HETERO", "BATCH"})  # they pick among, or combine, real ones
-
-
 def check_device(spec: ModelSpec, core: ov.Core) -> None:
-    """Refuse a device this machine lacks before anything starts (OpenVINO would only fail at compile time)."""
-    available = list(core.available_devices)
-    virtual, _, targets = spec.device.rpartition(":") if ":" in spec.device else ("", "", spec.device)
+    """Refuse a device this machine lacks before anything starts (OpenVINO would only fail at compile time).
+
+    Each device named is asked for its name, as OpenVINO itself would resolve it (`CPU.0`, `GPU` or `GPU.1`,
+    `AUTO:GPU,CPU`, `BATCH:CPU(4)`); AUTO needs one of its candidates, the others all of theirs."""
+    virtual, _, targets = spec.device.partition(":")
     names = [re.sub(r"\(\d+\)$", "", name.strip()) for name in targets.split(",") if name.strip()]
-    if virtual and virtual not in _VIRTUAL_DEVICES:
-        names = [virtual]
-    wanted = [name for name in names if name not in _VIRTUAL_DEVICES]
-    missing = [name for name in wanted if not any(d == name or d.split(".")[0] == name for d in available)]
-    if virtual == "AUTO" and len(missing) < len(wanted):
-        missing = []  # AUTO takes the first of its candidates that is there
-    if missing or not names:
+    candidates = [name for name in names if not name.startswith("-")]  # AUTO:-GPU: anything but GPU
+    known = [name for name in candidates if _known_device(core, name)]
+    if not _known_device(core, virtual):
+        usable = False
+    elif virtual == "AUTO" and candidates:
+        usable = bool(known)
+    else:
+        usable = len(known) == len(candidates)
+    if not usable:
         raise ModelError(
             f"model {spec.name}: device {spec.device!r} is not available on this machine (OpenVINO sees "
-            f"{', '.join(available) or 'none'}): set the model's `device` to one of them"
+            f"{', '.join(core.available_devices) or 'none'}): set the model's `device` to one of them"
         )
+
+
+def _known_device(core: ov.Core, name: str) -> bool:
+    try:
+        core.get_property(name, "FULL_DEVICE_NAME")
+    except (RuntimeError, TypeError):  # not a device OpenVINO has here
+        return False
+    return True
 
 
 def _check_ir_xml(path: Path) -> None:

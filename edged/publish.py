@@ -38,6 +38,7 @@ OFFLINE = b"offline"  # edged's retained status once it is gone, said by edged o
 PUBLISH_TIMEOUT_S = 10.0  # an acknowledgement later than this means the connection is dead
 OFFLINE_GRACE_S = 0.5  # after a flush that timed out: for `offline` (written ahead of the disconnect) to be acked
 ACK_GRACE_S = 0.05  # after a disconnect, for sends whose acknowledgement already arrived to complete
+PRECIOUS_KEPT = 256  # events a full outbox keeps ahead of detections (about 7 us per publish to look past)
 INCOMING_QUEUE = 1000  # incoming messages waiting for their handler: a flood of commands cannot grow memory
 _REFUSED_CREDENTIALS = {4, 5, 134, 135}  # MQTT 3.1.1 CONNACK 4/5 and their MQTT 5 reason codes
 
@@ -97,8 +98,11 @@ class Publisher:
         self._wake.set()
 
     def _oldest_droppable(self) -> int:
+        """The oldest waiting message that is not precious, looked for among the first PRECIOUS_KEPT waiting:
+        events pile up at the front during a long outage, and beyond that many the oldest of them go too (the
+        look stays cheap on every publish of a full outbox)."""
         first = len(self._pending)
-        for index in range(first, len(self._outbox)):  # events are few: this stops at once or nearly
+        for index in range(first, min(first + PRECIOUS_KEPT, len(self._outbox))):
             if not self._outbox[index].precious:
                 return index
         return first
@@ -170,11 +174,13 @@ class Publisher:
         if (client := self._session_client) is None:
             return
         send = asyncio.ensure_future(self._send(client, self._goodbye))
-        await asyncio.wait({send}, timeout=OFFLINE_GRACE_S)
-        if not send.done():
-            send.cancel()  # not acknowledged yet, but its PUBLISH is queued on the connection before the DISCONNECT
-        elif not send.cancelled() and (error := send.exception()) is not None:
-            log.debug("MQTT: offline could not be sent at shutdown: %s", error)
+        try:
+            await asyncio.wait({send}, timeout=OFFLINE_GRACE_S)
+        finally:
+            if not send.done():
+                send.cancel()  # not acknowledged yet, but its PUBLISH is queued on the connection before the DISCONNECT
+            elif not send.cancelled() and (error := send.exception()) is not None:
+                log.debug("MQTT: offline could not be sent at shutdown: %s", error)
 
     def _client(self) -> aiomqtt.Client:
         config = self._config
@@ -323,7 +329,8 @@ class Publisher:
         except ValueError as error:
             # paho refuses a topic no broker would accept (a wildcard, too long): that message can never be
             # delivered, so it leaves the outbox instead of failing the connection and every message behind it.
-            self.dropped += 1
+            if message.retain and self._retained.get(message.topic) is message:
+                del self._retained[message.topic]  # not to be refused again at every reconnect
             if message.topic not in self._refused_topics and len(self._refused_topics) < 100:
                 self._refused_topics.add(message.topic)
                 log.error("MQTT: message to %r dropped: %s", message.topic[:200], error)

@@ -94,7 +94,7 @@ async def test_a_message_to_a_topic_no_broker_accepts_is_dropped_and_the_others_
         received = await asyncio.to_thread(watcher.wait_for_count, "edged/door/detections", 2, 5)
         assert [message.payload for message in received] == [b"before", b"after"]
         assert publisher.connected.is_set() and not running.done()
-        assert publisher.dropped == 2
+        assert publisher.dropped == 0  # none dropped for lack of room: the gaps in seq stay countable
         assert "MQTT: message to 'edged/#/detections' dropped: Publish topic cannot contain wildcards." in caplog.text
     finally:
         await publisher.close(2)

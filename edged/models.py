@@ -7,8 +7,8 @@ known descriptor, if there is one, supplies the preprocessing and the defaults; 
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -18,10 +18,24 @@ from edged.descriptors import MODELS_DIR_ENV, Descriptor, DescriptorError, load_
 
 
 def _builtin_descriptors() -> Path:
-    """models/ of a checkout (an editable install too), else where an installed wheel put them."""
-    checkout = Path(__file__).resolve().parent.parent / "models"
-    installed = Path(sys.prefix) / "share" / "edged" / "models"
-    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+    """models/ of a checkout (an editable install too), else wherever pip put the wheel's copy."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "models").is_dir():
+        return checkout / "models"
+    return _installed_descriptors() or checkout / "models"
+
+
+def _installed_descriptors() -> Path | None:
+    """The wheel's share/edged/models, as its install recorded it: under the venv, ~/.local (--user) or
+    /usr/local (Debian's pip) alike."""
+    try:
+        files = importlib.metadata.distribution("edged").files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.suffix == ".yaml" and file.parts[-3:-1] == ("edged", "models") and "share" in file.parts:
+            return Path(str(file.locate())).resolve().parent
+    return None
 
 
 BUILTIN_DESCRIPTORS = _builtin_descriptors()

@@ -123,6 +123,9 @@ class Camera:
                 watchdog = tasks.create_task(self._watchdog(), name=f"watchdog-{self.name}")
                 try:
                     await self._read_with_retries()
+                except Exception:
+                    self.failed = True  # a crash: the run must not end as if this camera had finished cleanly
+                    raise
                 finally:
                     watchdog.cancel()
         except ExceptionGroup as group:

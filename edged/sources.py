@@ -372,10 +372,17 @@ def _reason(error: Exception) -> str:
     return str(getattr(error, "strerror", None) or type(error).__name__)
 
 
+def _still_there(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a share that dropped out answers ESTALE or EIO: gone for now, like a missing file
+        return False
+
+
 def _open_error(camera: str, config: CameraConfig, problem: str) -> SourceError:
     """One line: the camera, what went wrong, what to do; a file that cannot be opened stays unopenable, but one
     that is gone may come back (replaced, on a share that dropped out): that camera retries."""
-    if config.kind == "video" and not Path(config.url).exists():
+    if config.kind == "video" and not _still_there(Path(config.url)):
         return SourceError(f"camera {camera}: {config.safe_url} is not there any more: put it back")
     advice = {
         "video": "the file is corrupt, truncated or not a video FFmpeg can decode: check it",

@@ -309,7 +309,8 @@ class Supervisor:
                 running.task.done() or running.camera.finished,
                 # A paused file read at detection's pace waits for detection to resume: quiet, not stalled.
                 now - running.camera.last_frame
-                if running.camera.last_frame and not running.camera.slot.paused
+                if running.camera.last_frame
+                and not (running.camera.slot.paused and running.camera.config.waits_for_detection)
                 else None,
                 running.camera.config.stall_timeout,
             )

@@ -401,7 +401,9 @@ async def test_a_camera_that_hangs_while_opening_leaves_no_thread_or_capture_beh
     assert not [thread.name for thread in threading.enumerate() if thread.name.startswith("camera-gate")]
 
 
-async def test_a_camera_that_crashes_raises_its_own_error(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_camera_that_crashes_raises_its_own_error_and_counts_as_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(camera_module, "open_source", lambda name, config: _ResizingSource())
 
     def broken_prepare(image: Image) -> Image:
@@ -411,6 +413,7 @@ async def test_a_camera_that_crashes_raises_its_own_error(monkeypatch: pytest.Mo
                     broken_prepare, lambda *_: None)  # fmt: skip
     with pytest.raises(RuntimeError, match="prepare blew up"):
         await asyncio.wait_for(camera.run(), 5)
+    assert camera.failed  # a run ending with every camera like this one exits 2, not 0
 
 
 # -- the systemd watchdog follows health, not a timer ------------------------------------------------

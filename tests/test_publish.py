@@ -42,13 +42,19 @@ async def test_a_burst_larger_than_the_inflight_window_is_delivered_without_furt
             await running
 
 
+async def _online(broker: Mosquitto, client_id: str) -> tuple[Publisher, asyncio.Task[None]]:
+    """A running publisher whose retained `online` the broker has acknowledged."""
+    publisher = Publisher(MqttConfig(host=broker.host, port=broker.port, client_id=client_id))
+    running = asyncio.create_task(publisher.run())
+    await asyncio.wait_for(publisher.connected.wait(), 10)
+    await asyncio.sleep(0.3)
+    return publisher, running
+
+
 async def test_offline_is_retained_even_when_the_broker_stalls_through_the_final_flush(
     broker: Mosquitto, subscriber: Any
 ) -> None:
-    publisher = Publisher(MqttConfig(host=broker.host, port=broker.port, client_id="stalled"))
-    running = asyncio.create_task(publisher.run())
-    await asyncio.wait_for(publisher.connected.wait(), 10)
-    await asyncio.sleep(0.3)  # `online` is acknowledged
+    publisher, running = await _online(broker, "stalled")
     assert broker.pid is not None
     os.kill(broker.pid, signal.SIGSTOP)  # the broker hangs just as edged stops
     try:
@@ -67,10 +73,7 @@ async def test_offline_is_retained_even_when_the_broker_stalls_through_the_final
 async def test_offline_is_retained_when_edged_goes_down_without_closing_the_publisher(
     broker: Mosquitto, subscriber: Any
 ) -> None:
-    publisher = Publisher(MqttConfig(host=broker.host, port=broker.port, client_id="crashing"))
-    running = asyncio.create_task(publisher.run())
-    await asyncio.wait_for(publisher.connected.wait(), 10)
-    await asyncio.sleep(0.3)  # `online` is acknowledged
+    _, running = await _online(broker, "crashing")
     running.cancel()  # what the TaskGroup does to the publisher when another task of edged crashes
     with contextlib.suppress(asyncio.CancelledError):
         await running

@@ -40,6 +40,16 @@ def _run_until_detections(edged: EdgedProcess, watcher: Any) -> str:
     return edged.log()
 
 
+def _line_logged_until_stopped(config: Path, pattern: str) -> tuple[str, str]:
+    """Run edged until its log has a line matching `pattern`, stop it (exit 0): that line and the whole log."""
+    with EdgedProcess(config, config.with_suffix(".log")) as edged:
+        line = edged.wait_for_log(pattern).group(0)
+        code, _ = edged.stop(signal.SIGTERM)
+        log = edged.log()
+    assert code == 0, log
+    return line, log
+
+
 def _assert_secret_hidden(log: str, watcher: Any, broker: Mosquitto) -> None:
     assert SECRET not in log
     assert all(SECRET.encode() not in m.payload and SECRET not in m.topic for m in watcher.messages())
@@ -124,11 +134,7 @@ def test_a_broker_certificate_from_another_ca_is_a_clear_tls_error(
     config = write_config(
         tmp_path / "edged.yaml", base_config(shared_dir, broker.tls_port, _cameras(shared_dir), **mqtt)
     )
-    with EdgedProcess(config, tmp_path / "edged.log") as edged:
-        line = edged.wait_for_log(r".*TLS handshake with .* failed.*").group(0)
-        code, _ = edged.stop(signal.SIGTERM)
-        log = edged.log()
-    assert code == 0
+    line, log = _line_logged_until_stopped(config, r".*TLS handshake with .* failed.*")
     assert "mqtt.tls.ca" in line and "ERROR" in line
     assert SECRET not in log and "Traceback" not in log
 
@@ -140,11 +146,9 @@ def test_tls_pointed_at_a_plain_mqtt_port_says_it_may_not_be_a_tls_listener(
     other = make_tls_files(tmp_path / "ca")
     mqtt = {"tls": {"ca": str(other.ca_cert)}}
     config = write_config(tmp_path / "edged.yaml", base_config(shared_dir, broker.port, _cameras(shared_dir), **mqtt))
-    with EdgedProcess(config, tmp_path / "edged.log") as edged:
-        line = edged.wait_for_log(r".*MQTT: broker .* closed the connection during the TLS handshake.*").group(0)
-        code, _ = edged.stop(signal.SIGTERM)
-        log = edged.log()
-    assert code == 0
+    line, log = _line_logged_until_stopped(
+        config, r".*MQTT: broker .* closed the connection during the TLS handshake.*"
+    )
     assert "is mqtt.port a TLS listener?" in line and "ERROR" in line
     assert "Traceback" not in log
 

@@ -18,7 +18,7 @@ from edged import __version__
 from edged.bench import SCENARIOS
 from edged.config import Config, load_config
 from edged.descriptors import MODELS_DIR_ENV, FileStatus, load_descriptors, verify
-from edged.errors import EdgedError
+from edged.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, EdgedError
 from edged.frame import Image
 from edged.models import BUILTIN_DESCRIPTORS, ModelSpec, models_dir, resolve
 from edged.redact import REDACTOR
@@ -26,7 +26,6 @@ from edged.secrets import MqttSecurity, mqtt_security
 
 log = logging.getLogger("edged")
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 SEED_MODEL = "models/face-detection-adas-binary-0001/FP32-INT1/face-detection-adas-binary-0001.xml"
 
 

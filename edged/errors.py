@@ -1,5 +1,7 @@
 """Errors an operator can act on: each renders as one line naming what is wrong and what to do."""
 
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2  # a clean stop, a bug, input edged cannot use (one line says which)
+
 
 class EdgedError(Exception):
     """A problem with the user's input or environment, shown as one line without a traceback."""

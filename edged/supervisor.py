@@ -23,13 +23,13 @@ from edged.allocator import return_free_memory
 from edged.camera import Camera
 from edged.config import Config, load_config
 from edged.dispatch import Dispatcher
-from edged.errors import ConfigError
+from edged.errors import EXIT_OK, EXIT_USAGE, ConfigError
 from edged.inference import Engine, Result
 from edged.lifecycle import Lifecycle
 from edged.message import detection_payload
 from edged.nvr import Nvr
 from edged.publish import Publisher
-from edged.reload import diff
+from edged.reload import CameraChanges, diff
 from edged.secrets import MqttSecurity
 
 log = logging.getLogger("edged")
@@ -37,7 +37,6 @@ log = logging.getLogger("edged")
 DRAIN_TIMEOUT_S = 2.0  # in-flight inferences take tens of milliseconds; this is a generous bound
 FLUSH_TIMEOUT_S = 2.0  # together they keep a SIGTERM stop well within 5 s and systemd's patience
 WORKER_JOIN_S = 1.0  # for camera threads to release their captures at shutdown
-EXIT_UNUSABLE_INPUT = 2  # as the CLI's exit code for input edged cannot use
 READY_WAIT_S = 15.0  # READY=1 waits at most this long for the first broker connection attempt
 
 
@@ -70,7 +69,7 @@ class Supervisor:
         self._last_result = time.monotonic()  # "since the last result" counts from the start
         self._rate_mark = (time.monotonic(), 0)
         self._published_detections = 0
-        self.exit_code = 0  # for `edged run`: 2 when the run ended because every camera's input was unusable
+        self.exit_code = EXIT_OK  # for `edged run`: EXIT_USAGE when every camera's input proved unusable
 
     def stop(self) -> None:
         self._lifecycle.request_stop()
@@ -197,7 +196,7 @@ class Supervisor:
             if failed:
                 # Not a clean stop: systemd (Restart=on-failure) and scripts must see that the input is bad.
                 log.error("every camera has finished, %s on an error (above): stopping", ", ".join(failed))
-                self.exit_code = EXIT_UNUSABLE_INPUT
+                self.exit_code = EXIT_USAGE
             else:
                 log.info("every camera has finished: stopping")
             self._lifecycle.request_stop()
@@ -221,7 +220,8 @@ class Supervisor:
             if self._config_path is None:
                 raise ConfigError("no configuration file to reload from")
             new = await asyncio.to_thread(load_config, self._config_path)  # file I/O: off the loop
-            self._check_models_running(new)
+            changes = diff(self._config, new)
+            self._check_models_running(new, changes)
         except ConfigError as error:
             self._refuse_reload(str(error))
             return
@@ -229,7 +229,6 @@ class Supervisor:
             log.debug("reload: reading the configuration failed", exc_info=True)
             self._refuse_reload(f"{self._config_path}: cannot be read ({type(error).__name__}: {error})")
             return
-        changes = diff(self._config, new)
         if changes.needs_restart:
             log.warning(
                 "reload: %s changed: restart edged to apply that; running on with the current settings",
@@ -256,9 +255,8 @@ class Supervisor:
             log.error("reload refused, the running configuration is kept: %s", line)
         self._lifecycle.ready(self._health().summary)
 
-    def _check_models_running(self, new: Config) -> None:
+    def _check_models_running(self, new: Config, changes: CameraChanges) -> None:
         """Models are compiled at start only: a camera moved to another model would have none to run on."""
-        changes = diff(self._config, new)
         for name in (*changes.added, *changes.changed):
             if (model := new.model_of(name)) not in self._engines:
                 raise ConfigError(

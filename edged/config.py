@@ -372,6 +372,7 @@ def load_config(path: Path | str, environ: dict[str, str] | None = None) -> Conf
     # cameras merge with `<<: *name`.
     raw = {key: value for key, value in raw.items() if not (isinstance(key, str) and key.startswith("x-"))}
     raw = _substitute_env(raw, os.environ if environ is None else environ, path, ())
+    _names_as_text(raw, path)
     try:
         _resolve_paths(raw, path.parent.resolve())
     except ConfigError as error:
@@ -412,6 +413,22 @@ def _read_yaml(path: Path) -> dict[str, Any]:
             f"{path}: the config must be a mapping of keys (model, cameras, ...), not a {type(data).__name__}"
         )
     return data
+
+
+def _names_as_text(raw: dict[str, Any], path: Path) -> None:
+    """Camera and model names are text, but YAML reads `123:` as a number and `yes:`/`on:` as booleans."""
+    for section in ("cameras", "models"):
+        entries = raw.get(section)
+        if not isinstance(entries, dict):
+            continue
+        for key in entries:
+            if isinstance(key, bool):
+                raise ConfigError(
+                    f"{path}: {section}: YAML reads the name {str(key).lower()!r} as a yes/no value: put the name in "
+                    "quotes (e.g. 'yes':)"
+                )
+        # `123:` names a camera "123", as written; the order stays (the first model is the default one).
+        raw[section] = {str(key) if isinstance(key, int | float) else key: value for key, value in entries.items()}
 
 
 def _substitute_env(value: Any, environ: Any, path: Path, where: tuple[str, ...]) -> Any:

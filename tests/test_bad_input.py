@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import openvino as ov
 import pytest
+import yaml
 
 from tests.edged_process import MODEL, EdgedProcess, base_config, write_config
 
@@ -101,6 +102,11 @@ def _duplicate_camera(config: Config, ctx: Ctx) -> str:
     return f"model:\n  path: {config['model']['path']}\ncameras:\n  good: {{url: {url}}}\n  good: {{url: {url}}}\n"
 
 
+def _camera_named_on(config: Config, ctx: Ctx) -> str:
+    text = yaml.safe_dump(config, sort_keys=False)
+    return text.replace("cameras:\n", "cameras:\n  on:\n    url: '0'\n", 1)  # unquoted: YAML's boolean true
+
+
 def _copy(ctx: Ctx, source: str, name: str, size: int | None = None) -> str:
     target = ctx.tmp / name
     data = Path(source).read_bytes()
@@ -158,6 +164,7 @@ CASES = [
     Case("unknown-key", _set("camers", {}), "camers: unknown key: check its spelling", True),
     Case("wrong-type", _set("cameras.good.fps", "fast"), "cameras.good.fps: Input should be a valid number", True),
     Case("duplicate-camera-names", _duplicate_camera, "duplicate key 'good': each key may appear once", True),
+    Case("camera-named-on", _camera_named_on, "cameras: YAML reads the name 'true' as a yes/no value", True),
     Case("key-that-is-a-list", _raw("? [a, b]\n: 1\n"), "line 1: a key must be a plain name, not a list", True),
     Case("home-of-no-user", _set("cameras.good.url", "~nosuchuser/cam.mp4"), "'~' names no user of this", True),
     Case("mqtt-host-empty", _set("mqtt.host", ""), "mqtt.host: String should have at least 1 character", True),

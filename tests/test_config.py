@@ -71,6 +71,12 @@ def test_cameras_can_share_settings_through_a_yaml_anchor_under_an_x_key(
     assert (config.cameras["yard"].fps, config.cameras["yard"].stall_timeout) == (2, 20)
 
 
+def test_a_camera_named_by_a_number_keeps_that_name(tmp_path: Path, seed_model: Path, clip: Path) -> None:
+    config = load_config(write(tmp_path, f"model:\n  path: {seed_model}\ncameras:\n  101:\n    url: {clip}\n"))
+
+    assert list(config.cameras) == ["101"]
+
+
 def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path, shared_dir: Path) -> None:
     config_dir = tmp_path / "etc"
     config_dir.mkdir()

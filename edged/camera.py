@@ -159,6 +159,14 @@ class Camera:
             self._set_online(False)
             self._worker.close()
 
+    def since_last_frame(self, now: float) -> float | None:
+        """Seconds since the last frame was handed over (`now` from time.monotonic()); None when there was none
+        yet, or while a file read at detection's pace waits for detection to be switched on again (quiet by
+        design, not stalled)."""
+        if not self.last_frame or (self.slot.paused and self.config.waits_for_detection):
+            return None
+        return now - self.last_frame
+
     def _set_online(self, online: bool) -> None:
         self.online = online
         if online != self._reported:  # a camera that never came up is reported offline too

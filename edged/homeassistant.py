@@ -40,9 +40,9 @@ def _text(value: object) -> str:
 
 
 def _checked(pattern: re.Pattern[str], value: object) -> str:
-    if not pattern.fullmatch(_text(value)):
-        raise ValueError(f"not a name edged writes: {value!r}")
-    return _text(value)
+    if not pattern.fullmatch(text := _text(value)):
+        raise ValueError(f"not a name edged writes: {text!r}")
+    return text
 
 
 def node_id(topic_prefix: str) -> str:

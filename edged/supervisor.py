@@ -168,10 +168,7 @@ class Supervisor:
 
     def _start_camera(self, name: str, config: Config) -> None:
         """Start camera `name` as `config` describes it (the running one, or a reloaded one)."""
-        model = config.model_of(name)
-        if model not in self._engines:
-            log.error("camera %s: its model %s is not running: restart edged to compile it", name, model)
-            return
+        model = config.model_of(name)  # compiled: at start every used model is, a reload onto another is refused
         slot = self._dispatchers[model].add_camera(name)
         camera = Camera(name, config.cameras[name], slot, self._engines[model].preparer(), self._on_camera_status)
         self._nvr.add_camera(name, camera, slot, model)
@@ -239,7 +236,7 @@ class Supervisor:
             await self._stop_cameras([*changes.removed, *changes.changed])
             for name in changes.removed:
                 self._nvr.remove_camera(name)
-                self._publisher.clear_retained(f"{self._publisher.prefix}/{name}/status")
+                self._publisher.clear_retained(self._status_topic(name))
                 log.info("camera %s: stopped, removed from the configuration", name)
             self._config = self._config.model_copy(update={"cameras": new.cameras})
             for name in (*changes.added, *changes.changed):
@@ -269,8 +266,11 @@ class Supervisor:
     def _on_camera_status(self, camera: str, online: bool) -> None:
         # Cameras report changes only, and set_retained ignores an unchanged value: no bookkeeping here.
         self._nvr.on_camera_status(camera, online)
-        topic = f"{self._publisher.prefix}/{camera}/status"
-        self._publisher.set_retained(topic, b"online" if online else b"offline", self._config.mqtt.qos.status)
+        status = b"online" if online else b"offline"
+        self._publisher.set_retained(self._status_topic(camera), status, self._config.mqtt.qos.status)
+
+    def _status_topic(self, camera: str) -> str:
+        return f"{self._publisher.prefix}/{camera}/status"
 
     def _on_result(self, result: Result) -> None:
         self._last_result = time.monotonic()
@@ -305,11 +305,7 @@ class Supervisor:
                 name,
                 running.camera.online,
                 running.task.done() or running.camera.finished,
-                # A paused file read at detection's pace waits for detection to resume: quiet, not stalled.
-                now - running.camera.last_frame
-                if running.camera.last_frame
-                and not (running.camera.slot.paused and running.camera.config.waits_for_detection)
-                else None,
+                running.camera.since_last_frame(now),
                 running.camera.config.stall_timeout,
             )
             for name, running in self._cameras.items()

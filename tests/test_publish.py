@@ -42,6 +42,38 @@ async def test_a_burst_larger_than_the_inflight_window_is_delivered_without_furt
             await running
 
 
+LARGE = 256 * 1024  # 64 of these are more than the socket buffers of both ends hold
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+async def test_messages_the_socket_cannot_take_while_the_broker_is_stalled_follow_in_order_once_it_reads_again(
+    broker: Mosquitto, subscriber: Any, qos: int
+) -> None:
+    watcher = subscriber(broker, "edged/big/detections", qos=1)
+    publisher = Publisher(MqttConfig(host=broker.host, port=broker.port, client_id="stalled-reader", inflight=20))
+    running = asyncio.create_task(publisher.run())
+    assert broker.pid is not None
+    try:
+        await asyncio.wait_for(publisher.connected.wait(), 10)
+        os.kill(broker.pid, signal.SIGSTOP)  # the broker stops reading: the socket fills up
+        try:
+            for seq in range(64):
+                publisher.publish("edged/big/detections", seq.to_bytes(4, "big") * (LARGE // 4), qos)
+                await asyncio.sleep(0)
+            await asyncio.sleep(1)
+            assert publisher.outbox_depth > 0  # the rest waits in edged's own bounded outbox
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        received = await asyncio.to_thread(watcher.wait_for_count, "edged/big/detections", 64, 15)
+        assert [int.from_bytes(message.payload[:4], "big") for message in received] == list(range(64))
+        assert all(len(message.payload) == LARGE for message in received)
+    finally:
+        await publisher.close(5)
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
 async def _online(broker: Mosquitto, client_id: str) -> tuple[Publisher, asyncio.Task[None]]:
     """A running publisher whose retained `online` the broker has acknowledged."""
     publisher = Publisher(MqttConfig(host=broker.host, port=broker.port, client_id=client_id))

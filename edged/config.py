@@ -93,7 +93,7 @@ class MqttConfig(_Strict):
     host: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(default=1883, ge=1, le=65535)  # 8883 when `tls` is given (see _default_port)
     topic_prefix: PlainTopic = "edged"
-    client_id: str = Field(default_factory=lambda: f"edged-{socket.gethostname()}")
+    client_id: str = Field(default="", min_length=1)  # see _default_client_id
     username: str | None = None
     # The password comes from one of these; see edged/secrets.py for the order and the reasons.
     password_env: str | None = None  # name of an environment variable
@@ -114,6 +114,18 @@ class MqttConfig(_Strict):
         if not value or value in (".", "..") or "/" in value or "\0" in value:
             raise ValueError("must be a plain credential name as given to LoadCredential= (no '/')")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_client_id(cls, data: Any) -> Any:
+        """`edged-<hostname>`, and the topic prefix after it when that is not the default: a broker drops a
+        client when another connects with its id, so two edged on one host (each with its own prefix) would
+        keep knocking each other off."""
+        if isinstance(data, dict) and data.get("client_id") is None:
+            prefix = data.get("topic_prefix", "edged")
+            suffix = "" if prefix == "edged" else "-" + re.sub(r"[^0-9A-Za-z_.-]+", "-", str(prefix)).strip("-")
+            data = {**data, "client_id": f"edged-{socket.gethostname()}{suffix}"}
+        return data
 
     @model_validator(mode="before")
     @classmethod

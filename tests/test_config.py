@@ -49,6 +49,15 @@ def test_minimal_config_gets_the_documented_defaults(tmp_path: Path, seed_model:
     assert config.mqtt.qos.detections == 0
 
 
+def test_an_edged_with_its_own_topic_prefix_gets_its_own_default_client_id(
+    tmp_path: Path, seed_model: Path, clip: Path
+) -> None:
+    # A broker drops a client when another connects with the same id: two edged on one host must differ.
+    config = load_config(write(tmp_path, minimal(seed_model, clip) + "mqtt:\n  topic_prefix: garage/edged\n"))
+
+    assert config.mqtt.client_id == f"edged-{socket.gethostname()}-garage-edged"
+
+
 def test_environment_variables_are_substituted_with_defaults(tmp_path: Path, seed_model: Path, clip: Path) -> None:
     text = minimal(seed_model, clip) + "mqtt:\n  host: ${BROKER_HOST}\n  topic_prefix: ${PREFIX:-site1}\n"
     config = load_config(write(tmp_path, text), environ={"BROKER_HOST": "broker.lan"})

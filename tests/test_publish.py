@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,15 +18,29 @@ from tests.support.broker import Mosquitto
 BURST = 200  # ten times the in-flight window below
 
 
+@contextlib.asynccontextmanager
+async def _connected_publisher(
+    broker: Mosquitto, client_id: str, **mqtt: Any
+) -> AsyncIterator[tuple[Publisher, asyncio.Task[None]]]:
+    """A publisher connected to the broker, and its task; stopped afterwards as the supervisor stops it."""
+    publisher = Publisher(MqttConfig(host=broker.host, port=broker.port, client_id=client_id, **mqtt))
+    running = asyncio.create_task(publisher.run())
+    try:
+        await asyncio.wait_for(publisher.connected.wait(), 10)
+        yield publisher, running
+    finally:
+        await publisher.close(2)
+        running.cancel()  # as the supervisor does once close() has flushed what it could
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
 @pytest.mark.parametrize("qos", [0, 1])
 async def test_a_burst_larger_than_the_inflight_window_is_delivered_without_further_publishes(
     broker: Mosquitto, subscriber: Any, qos: int
 ) -> None:
     watcher = subscriber(broker, "edged/burst/detections", qos=1)
-    publisher = Publisher(MqttConfig(host=broker.host, port=broker.port, client_id="burst", inflight=20))
-    running = asyncio.create_task(publisher.run())
-    try:
-        await asyncio.wait_for(publisher.connected.wait(), 10)
+    async with _connected_publisher(broker, "burst", inflight=20) as (publisher, _):
         for seq in range(BURST):
             publisher.publish("edged/burst/detections", str(seq).encode(), qos)
             if seq % 4 == 3:
@@ -35,11 +50,6 @@ async def test_a_burst_larger_than_the_inflight_window_is_delivered_without_furt
         assert [int(message.payload) for message in received] == list(range(BURST))
         await publisher.close(5)  # waits for the last acknowledgements, which may trail the subscriber
         assert publisher.outbox_depth == 0
-    finally:
-        await publisher.close(2)
-        running.cancel()  # as the supervisor does once close() has flushed what it could
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
 
 
 LARGE = 256 * 1024  # 64 of these are more than the socket buffers of both ends hold
@@ -50,11 +60,8 @@ async def test_messages_the_socket_cannot_take_while_the_broker_is_stalled_follo
     broker: Mosquitto, subscriber: Any, qos: int
 ) -> None:
     watcher = subscriber(broker, "edged/big/detections", qos=1)
-    publisher = Publisher(MqttConfig(host=broker.host, port=broker.port, client_id="stalled-reader", inflight=20))
-    running = asyncio.create_task(publisher.run())
     assert broker.pid is not None
-    try:
-        await asyncio.wait_for(publisher.connected.wait(), 10)
+    async with _connected_publisher(broker, "stalled-reader", inflight=20) as (publisher, _):
         os.kill(broker.pid, signal.SIGSTOP)  # the broker stops reading: the socket fills up
         try:
             for seq in range(64):
@@ -67,11 +74,6 @@ async def test_messages_the_socket_cannot_take_while_the_broker_is_stalled_follo
         received = await asyncio.to_thread(watcher.wait_for_count, "edged/big/detections", 64, 15)
         assert [int.from_bytes(message.payload[:4], "big") for message in received] == list(range(64))
         assert all(len(message.payload) == LARGE for message in received)
-    finally:
-        await publisher.close(5)
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
 
 
 async def _online(broker: Mosquitto, client_id: str) -> tuple[Publisher, asyncio.Task[None]]:
@@ -118,10 +120,7 @@ async def test_a_message_to_a_topic_no_broker_accepts_is_dropped_and_the_others_
     broker: Mosquitto, subscriber: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     watcher = subscriber(broker, "edged/#", qos=1)
-    publisher = Publisher(MqttConfig(host=broker.host, port=broker.port, client_id="wildcard"))
-    running = asyncio.create_task(publisher.run())
-    try:
-        await asyncio.wait_for(publisher.connected.wait(), 10)
+    async with _connected_publisher(broker, "wildcard") as (publisher, running):
         publisher.publish("edged/door/detections", b"before", 1)
         publisher.publish("edged/#/detections", b"never", 1)
         publisher.set_retained("edged/+/state", b"never")
@@ -131,8 +130,3 @@ async def test_a_message_to_a_topic_no_broker_accepts_is_dropped_and_the_others_
         assert publisher.connected.is_set() and not running.done()
         assert publisher.dropped == 0  # none dropped for lack of room: the gaps in seq stay countable
         assert "MQTT: message to 'edged/#/detections' dropped: Publish topic cannot contain wildcards." in caplog.text
-    finally:
-        await publisher.close(2)
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running

@@ -122,8 +122,9 @@ class MqttConfig(_Strict):
         client when another connects with its id, so two edged on one host (each with its own prefix) would
         keep knocking each other off."""
         if isinstance(data, dict) and data.get("client_id") is None:
-            prefix = data.get("topic_prefix", "edged")
-            suffix = "" if prefix == "edged" else "-" + re.sub(r"[^0-9A-Za-z_.-]+", "-", str(prefix)).strip("-")
+            default_prefix = cls.model_fields["topic_prefix"].default
+            prefix = data.get("topic_prefix", default_prefix)
+            suffix = "" if prefix == default_prefix else f"-{prefix}"
             data = {**data, "client_id": f"edged-{socket.gethostname()}{suffix}"}
         return data
 

@@ -55,7 +55,7 @@ def test_an_edged_with_its_own_topic_prefix_gets_its_own_default_client_id(
     # A broker drops a client when another connects with the same id: two edged on one host must differ.
     config = load_config(write(tmp_path, minimal(seed_model, clip) + "mqtt:\n  topic_prefix: garage/edged\n"))
 
-    assert config.mqtt.client_id == f"edged-{socket.gethostname()}-garage-edged"
+    assert config.mqtt.client_id == f"edged-{socket.gethostname()}-garage/edged"
 
 
 def test_environment_variables_are_substituted_with_defaults(tmp_path: Path, seed_model: Path, clip: Path) -> None:

@@ -34,9 +34,6 @@ class Dispatcher:
         # Per camera: frames in flight with their submission times (time.monotonic()), oldest first.
         self._in_order: dict[str, deque[tuple[Frame, float]]] = {}
         self._finished: dict[int, Result] = {}  # by id(frame): results waiting for an older frame
-        # id(frame) of the frames in flight. A frame given up on leaves it; should its result come after all, it
-        # is recognised by its absence (its frame is alive until then, so no other frame can have its id).
-        self._in_flight_ids: set[int] = set()
         self.lost = 0
         self._wake = asyncio.Event()  # a fresh frame arrived or a request came back
         self._idle = asyncio.Event()
@@ -92,13 +89,11 @@ class Dispatcher:
         self._idle.clear()
         in_order = self._in_order.setdefault(frame.camera, deque())
         in_order.append((frame, time.monotonic()))
-        self._in_flight_ids.add(id(frame))
         try:
             self._engine.submit(frame, self._completed)
         except Exception:
             self.in_flight -= 1
             in_order.pop()
-            self._in_flight_ids.discard(id(frame))
             log.exception(
                 "camera %s: frame %d could not be submitted to model %s", frame.camera, frame.index, self._engine.name
             )
@@ -106,10 +101,10 @@ class Dispatcher:
                 self._idle.set()
 
     def _completed(self, result: Result) -> None:
-        try:
-            self._in_flight_ids.remove(id(result.frame))
-        except KeyError:
-            self._wake.set()  # given up on already and counted back then; but its request is free now
+        if not any(frame is result.frame for frame, _ in self._in_order[result.frame.camera]):
+            # Given up on already (and counted back then), yet its request is free now. A camera has at most
+            # `requests` frames in flight: the look is as cheap as a set's.
+            self._wake.set()
             return
         self._returned()
         self._finished[id(result.frame)] = result
@@ -141,7 +136,6 @@ class Dispatcher:
     def _give_up(self, frame: Frame) -> None:
         self.lost += 1
         self._returned()
-        self._in_flight_ids.discard(id(frame))
         if self.lost == 1 or self.lost % 100 == 0:
             log.error(
                 "camera %s: frame %d never came back from model %s after %.0f s (an inference failed inside "

@@ -143,3 +143,46 @@ async def test_a_frame_whose_inference_never_returns_is_given_up_and_the_cameras
     assert delivered == [1, 2, 3, 4, 5]  # in capture order, none held back behind the lost frame
     assert dispatcher.in_flight == 0
     assert "camera door: frame 0 never came back from model retail after 1 s" in caplog.text
+
+
+class _EngineDelayingOneResult(Engine):
+    """The real engine, but the first frame's result comes back only after the dispatcher gave up on it."""
+
+    late_by = 1.5
+    delayed: int | None = None
+
+    def submit(self, frame: Frame, done: ResultCallback) -> None:
+        if self.delayed is None:
+            self.delayed = frame.index
+        if frame.index != self.delayed:
+            super().submit(frame, done)
+            return
+        loop = asyncio.get_running_loop()
+
+        def late(result: Result) -> None:
+            loop.call_later(self.late_by, done, result)
+
+        super().submit(frame, late)
+
+
+async def test_a_result_that_comes_back_after_its_frame_was_given_up_is_not_delivered_nor_counted_twice(
+    shared_dir: Path,
+) -> None:
+    engine = _EngineDelayingOneResult(_retail(shared_dir, requests=2))
+    delivered: list[int] = []
+    dispatcher = Dispatcher(engine, lambda result: delivered.append(result.frame.index), lost_after=0.5)
+    slot = dispatcher.add_camera("door")
+    image = np.zeros((300, 300, 3), np.uint8)
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        for index in range(3):
+            slot.put(Frame("door", index, time.time(), image, engine.prepare(image)))
+            await asyncio.wait_for(slot.emptied(), 10)
+        await asyncio.sleep(engine.late_by + 0.5)  # given up on at ~0.5-1 s, its result back at 1.5 s
+        slot.put(Frame("door", 3, time.time(), image, engine.prepare(image)))
+        await asyncio.wait_for(slot.emptied(), 10)
+        await asyncio.wait_for(dispatcher.drain(), 10)
+    finally:
+        task.cancel()
+    assert delivered == [1, 2, 3]  # frame 0 was given up on: its late result is not handed over
+    assert (dispatcher.lost, dispatcher.in_flight) == (1, 0)  # counted back once, at the give-up

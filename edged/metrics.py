@@ -121,12 +121,12 @@ class MetricsServer:
             self._server, _ = start_http_server(port, host, self.registry)
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
-                advice = "metrics.port: ", "choose a free port or stop what listens there"
+                key, advice = "metrics.port", "choose a free port or stop what listens there"
             else:  # not an address of this machine, or a name that does not resolve
-                advice = "metrics.host: ", "give an address of this machine (0.0.0.0 for all, 127.0.0.1 for local only)"
-            raise EdgedError(
-                f"{advice[0]}cannot serve /metrics on {host}:{port} ({error.strerror or error}): {advice[1]}"
-            ) from None
+                key = "metrics.host"
+                advice = "give an address of this machine (0.0.0.0 for all, 127.0.0.1 for local only)"
+            problem = f"cannot serve /metrics on {host}:{port} ({error.strerror or error})"
+            raise EdgedError(f"{key}: {problem}: {advice}") from None
         log.info("Prometheus metrics on http://%s:%d/metrics", host, port)
 
     async def stop(self) -> None:

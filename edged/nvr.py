@@ -79,7 +79,7 @@ class Nvr:
             self._snapshots.forget(name)
         if self._tracker is not None and (event := self._tracker.end(name)) is not None:
             self._publish_event(event)  # subscribers must not be left with an event that never ends
-        for topic in (self._faces_topic(name), f"{self._prefix}/{name}/snapshot"):
+        for topic in (self._faces_topic(name), self._snapshot_topic(name)):
             self._publisher.clear_retained(topic)
         if self._discovery is not None:
             self._discovery.remove_camera(name)
@@ -151,6 +151,9 @@ class Nvr:
     def _faces_topic(self, camera: str) -> str:
         return f"{self._prefix}/{camera}/faces"
 
+    def _snapshot_topic(self, camera: str) -> str:
+        return f"{self._prefix}/{camera}/snapshot"
+
     def _publish_event(self, event: Event) -> None:
         # Face events are data for subscribers, not edged's own state: the log keeps them at debug.
         log.debug("camera %s: face event %s %s, %d faces", event.camera, event.id, event.type, event.faces)
@@ -160,7 +163,7 @@ class Nvr:
 
     def _publish_snapshot(self, camera: str, jpeg: bytes) -> None:
         if camera not in self._removed:  # rendered after a reload removed the camera
-            self._publisher.set_retained(f"{self._prefix}/{camera}/snapshot", jpeg, self._config.snapshots.qos)
+            self._publisher.set_retained(self._snapshot_topic(camera), jpeg, self._config.snapshots.qos)
 
     def _publish_stats(self, payload: bytes) -> None:
         self._publisher.set_retained(f"{self._prefix}/stats", payload, self._state_qos)

@@ -27,7 +27,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from edged import __version__
-from tests.support import free_port
+from tests.support import free_port, wait_until
 from tests.support.broker import Mosquitto
 from tests.support.mqtt import Message, Subscriber
 
@@ -82,10 +82,7 @@ class Edged:
         """Put `new`'s contents into `config`, send SIGHUP, wait until the log says `until` after the reload."""
         config.write_text(new.read_text())
         self.process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + TIMEOUT
-        while until not in self.log_text().partition("reload done")[2]:
-            assert time.monotonic() < deadline, self.log_text()
-            time.sleep(0.1)
+        assert wait_until(lambda: until in self.log_text().partition("reload done")[2], TIMEOUT), self.log_text()
 
 
 @contextmanager
@@ -434,10 +431,7 @@ def test_a_retained_off_is_applied_once_not_again_at_every_reconnect(
             subscriber.publish("edged/front/detect/set", "ON")  # a live command overrules it
             subscriber.wait_for_count("edged/front/detections", 2, timeout=TIMEOUT)
             broker.restart()
-            deadline = time.monotonic() + TIMEOUT
-            while "MQTT: reconnected" not in edged.log_text():
-                assert time.monotonic() < deadline, edged.log_text()
-                time.sleep(0.1)
+            assert wait_until(lambda: "MQTT: reconnected" in edged.log_text(), TIMEOUT), edged.log_text()
             resumed_at = len(subscriber.messages("edged/front/detections"))
             subscriber.wait_for_count("edged/front/detections", resumed_at + 5, timeout=TIMEOUT)
             assert edged.stop() == 0, edged.log_text()

@@ -14,7 +14,7 @@ import pytest
 
 from edged.config import CameraConfig
 from edged.dispatch import Dispatcher
-from edged.frame import Frame
+from edged.frame import Frame, FrameSlot
 from edged.inference import Engine, Result, ResultCallback
 from edged.models import ModelSpec, resolve
 from edged.priority import CAMERA_NICENESS, LOWEST, at_lowest_priority
@@ -105,22 +105,40 @@ def _fail() -> None:
     raise ValueError("no decoder")
 
 
-class _EngineLosingOneResult(Engine):
-    """The real engine, but the first frame's result never comes back: what OpenVINO's AsyncInferQueue does
-    for a request that fails (it skips the Python callback), which cannot be provoked on demand."""
+class _EngineHoldingBackTheFirstResult(Engine):
+    """The real engine, but the first frame's result comes back `late_by` seconds late, or never (None): what
+    OpenVINO's AsyncInferQueue does for a request that fails (it skips the Python callback), which cannot be
+    provoked on demand."""
 
-    lose: int | None = None
+    late_by: float | None = None
+    first: int | None = None
 
     def submit(self, frame: Frame, done: ResultCallback) -> None:
-        if self.lose is None:
-            self.lose = frame.index
-        super().submit(frame, (lambda result: None) if frame.index == self.lose else done)
+        if self.first is None:
+            self.first = frame.index
+        if frame.index != self.first:
+            super().submit(frame, done)
+            return
+        loop = asyncio.get_running_loop()
+
+        def held_back(result: Result) -> None:
+            if self.late_by is not None:
+                loop.call_later(self.late_by, done, result)
+
+        super().submit(frame, held_back)
+
+
+async def _infer_each(slot: FrameSlot, engine: Engine, indexes: range) -> None:
+    image = np.zeros((300, 300, 3), np.uint8)
+    for index in indexes:
+        slot.put(Frame("door", index, time.time(), image, engine.prepare(image)))
+        await asyncio.wait_for(slot.emptied(), 10)  # each frame is inferred, none shed by the next
 
 
 async def test_a_frame_whose_inference_never_returns_is_given_up_and_the_cameras_later_results_flow(
     shared_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = _EngineLosingOneResult(_retail(shared_dir, requests=2))
+    engine = _EngineHoldingBackTheFirstResult(_retail(shared_dir, requests=2))
     delivered: list[int] = []
     five = asyncio.Event()
 
@@ -131,12 +149,9 @@ async def test_a_frame_whose_inference_never_returns_is_given_up_and_the_cameras
 
     dispatcher = Dispatcher(engine, on_result, lost_after=1.0)
     slot = dispatcher.add_camera("door")
-    image = np.zeros((300, 300, 3), np.uint8)
     task = asyncio.create_task(dispatcher.run())
     try:
-        for index in range(6):
-            slot.put(Frame("door", index, time.time(), image, engine.prepare(image)))
-            await asyncio.wait_for(slot.emptied(), 10)  # each frame is inferred, none shed by the next
+        await _infer_each(slot, engine, range(6))
         await asyncio.wait_for(five.wait(), 10)
     finally:
         task.cancel()
@@ -145,42 +160,19 @@ async def test_a_frame_whose_inference_never_returns_is_given_up_and_the_cameras
     assert "camera door: frame 0 never came back from model retail after 1 s" in caplog.text
 
 
-class _EngineDelayingOneResult(Engine):
-    """The real engine, but the first frame's result comes back only after the dispatcher gave up on it."""
-
-    late_by = 1.5
-    delayed: int | None = None
-
-    def submit(self, frame: Frame, done: ResultCallback) -> None:
-        if self.delayed is None:
-            self.delayed = frame.index
-        if frame.index != self.delayed:
-            super().submit(frame, done)
-            return
-        loop = asyncio.get_running_loop()
-
-        def late(result: Result) -> None:
-            loop.call_later(self.late_by, done, result)
-
-        super().submit(frame, late)
-
-
 async def test_a_result_that_comes_back_after_its_frame_was_given_up_is_not_delivered_nor_counted_twice(
     shared_dir: Path,
 ) -> None:
-    engine = _EngineDelayingOneResult(_retail(shared_dir, requests=2))
+    engine = _EngineHoldingBackTheFirstResult(_retail(shared_dir, requests=2))
+    engine.late_by = 1.5
     delivered: list[int] = []
     dispatcher = Dispatcher(engine, lambda result: delivered.append(result.frame.index), lost_after=0.5)
     slot = dispatcher.add_camera("door")
-    image = np.zeros((300, 300, 3), np.uint8)
     task = asyncio.create_task(dispatcher.run())
     try:
-        for index in range(3):
-            slot.put(Frame("door", index, time.time(), image, engine.prepare(image)))
-            await asyncio.wait_for(slot.emptied(), 10)
+        await _infer_each(slot, engine, range(3))
         await asyncio.sleep(engine.late_by + 0.5)  # given up on at ~0.5-1 s, its result back at 1.5 s
-        slot.put(Frame("door", 3, time.time(), image, engine.prepare(image)))
-        await asyncio.wait_for(slot.emptied(), 10)
+        await _infer_each(slot, engine, range(3, 4))
         await asyncio.wait_for(dispatcher.drain(), 10)
     finally:
         task.cancel()

@@ -35,17 +35,30 @@ def mqtt_password(config: MqttConfig, environ: Mapping[str, str], source: Path |
         return None
     try:
         # A file we are handed by systemd: a read error is a deployment error worth stopping for.
-        return systemd.credential(config.credential)
+        credential = systemd.credential(config.credential)
     except OSError as error:
         raise ConfigError(
             f"{source}: mqtt.credential: cannot read systemd credential {config.credential!r} "
             f"({error.strerror or type(error).__name__}): check LoadCredential= in the unit"
         ) from None
+    if credential is None:
+        return None
+    if not (value := _first_line(credential)):
+        raise ConfigError(
+            f"{source}: mqtt.credential: systemd credential {config.credential!r} is empty: write the broker "
+            "password into the file its LoadCredential= line names"
+        )
+    return value
+
+
+def _first_line(text: str) -> str:
+    """A password file's first line: the same rule whether edged reads the file or systemd hands it over."""
+    return text.split("\n", 1)[0].rstrip("\r")
 
 
 def _read_password_file(path: Path, source: Path | str) -> str:
     try:
-        value = path.read_text(encoding="utf-8").split("\n", 1)[0].rstrip("\r")  # its first line, as documented
+        value = _first_line(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{source}: mqtt.password_file: {path} not found: create it or fix the path") from None
     except (OSError, UnicodeDecodeError) as error:

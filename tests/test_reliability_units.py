@@ -127,12 +127,29 @@ def test_a_plain_password_needs_an_explicit_opt_in_and_is_never_echoed(tmp_path:
 def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "pw").write_text("from-file\n")
     (tmp_path / "creds").mkdir()
-    (tmp_path / "creds" / "mqtt-password").write_text("from-credential\n")
+    (tmp_path / "creds" / "mqtt-password").write_text("from-credential\r\n")
     assert mqtt_password(MqttConfig(username="u", password_env="PW"), {"PW": "from-env"}, "c") == "from-env"
     assert mqtt_password(MqttConfig(username="u", password_file=tmp_path / "pw"), {}, "c") == "from-file"
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "creds"))
     assert mqtt_password(MqttConfig(username="u"), {}, "c") == "from-credential"
     assert mqtt_password(MqttConfig(), {}, "c") is None  # no user: no password is looked for
+
+
+def test_a_password_is_the_first_line_whether_edged_or_systemd_reads_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("pw", "mqtt-password"):
+        (tmp_path / name).write_text("the-password\n# rotated 2026-11-30 by ops\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert mqtt_password(MqttConfig(username="u", password_file=tmp_path / "pw"), {}, "c") == "the-password"
+    assert mqtt_password(MqttConfig(username="u"), {}, "c") == "the-password"
+
+
+def test_a_user_without_a_credential_connects_without_a_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))  # systemd hands over other credentials only
+    assert mqtt_password(MqttConfig(username="u"), {}, "c") is None
 
 
 @pytest.mark.parametrize(
@@ -141,10 +158,15 @@ def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         ("env-unset", "c: mqtt.password_env: environment variable PW is not set or empty"),
         ("file-missing", "mqtt.password_file:"),
         ("file-empty", "is empty: write the broker password into it"),
+        ("credential-empty", "c: mqtt.credential: systemd credential 'mqtt-password' is empty: write the broker"),
     ],
 )
-def test_password_source_errors_name_the_key(tmp_path: Path, setup: str, expected: str) -> None:
+def test_password_source_errors_name_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setup: str, expected: str
+) -> None:
     (tmp_path / "empty").write_text("\n")
+    (tmp_path / "mqtt-password").write_text("\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     config = {
         "env-unset": MqttConfig(username="u", password_env="PW"),
         "file-missing": MqttConfig.model_construct(
@@ -155,6 +177,7 @@ def test_password_source_errors_name_the_key(tmp_path: Path, setup: str, expecte
             credential="mqtt-password",
         ),
         "file-empty": MqttConfig(username="u", password_file=tmp_path / "empty"),
+        "credential-empty": MqttConfig(username="u"),
     }[setup]
     with pytest.raises(ConfigError, match=expected):
         mqtt_password(config, {}, "c")

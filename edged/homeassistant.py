@@ -6,6 +6,10 @@ Entities (all unavailable while `{prefix}/status` is `offline`):
 - image "Snapshot": the JPEG on `{prefix}/{camera}/snapshot`
 - switch "Detection": `{prefix}/{camera}/detect/set`, state on `{prefix}/{camera}/detect/state`
 
+Face and Faces say what the camera sees now, so they are also unavailable while the camera is offline
+(`{prefix}/{camera}/status`): "no face" from a camera that is down would be a false all-clear. The
+snapshot (the last event's picture) and the switch (which may be set while the camera reconnects) are not.
+
 A camera removed from the config must not leave dead entities behind, so the cameras announced are
 recorded (retained) on `{prefix}/homeassistant/cameras`. On connect, the record a previous run left
 arrives as a retained message; the cameras in it that are no longer configured get empty retained
@@ -57,10 +61,12 @@ def discovery_topic(discovery_prefix: str, node: str, component: str, camera: st
 def discovery_configs(prefix: str, camera: str, version: str) -> dict[str, dict[str, Any]]:
     """component -> discovery config of one camera's entities (JSON-ready)."""
     node = node_id(prefix)
+    edged_up = {"topic": f"{prefix}/status", "payload_available": "online", "payload_not_available": "offline"}
+    camera_up = {**edged_up, "topic": f"{prefix}/{camera}/status"}
+    # `all`: a camera's status is valid only while edged is online (a crash leaves the last one retained).
+    seeing = {"availability": [edged_up, camera_up], "availability_mode": "all"}
+    running = {"availability": [edged_up], "availability_mode": "all"}
     common = {
-        "availability_topic": f"{prefix}/status",
-        "payload_available": "online",
-        "payload_not_available": "offline",
         "device": {
             "identifiers": [f"{node}_{camera}"],
             "name": camera,
@@ -82,11 +88,19 @@ def discovery_configs(prefix: str, camera: str, version: str) -> dict[str, dict[
             state_topic=faces_topic,
             value_template="{{ 'ON' if value | int(0) > 0 else 'OFF' }}",
             device_class="occupancy",
+            **seeing,
         ),
         "sensor": entity(
-            "sensor", "Faces", state_topic=faces_topic, state_class="measurement", icon="mdi:face-recognition"
+            "sensor",
+            "Faces",
+            state_topic=faces_topic,
+            state_class="measurement",
+            icon="mdi:face-recognition",
+            **seeing,
         ),
-        "image": entity("image", "Snapshot", image_topic=f"{prefix}/{camera}/snapshot", content_type="image/jpeg"),
+        "image": entity(
+            "image", "Snapshot", image_topic=f"{prefix}/{camera}/snapshot", content_type="image/jpeg", **running
+        ),
         "switch": entity(
             "switch",
             "Detection",
@@ -95,6 +109,7 @@ def discovery_configs(prefix: str, camera: str, version: str) -> dict[str, dict[
             payload_on="ON",
             payload_off="OFF",
             icon="mdi:cctv",
+            **running,
         ),
     }
 

@@ -468,7 +468,7 @@ def test_home_assistant_discovery_describes_each_camera_and_a_removed_camera_los
         referenced = set()
         for topic, entity in configs.items():
             jsonschema.validate(entity, schema("homeassistant-discovery"))
-            assert entity["availability_topic"] == "edged/status"
+            assert entity["availability"][0]["topic"] == "edged/status"
             referenced |= {entity[key] for key in ("state_topic", "image_topic") if key in entity}
             if topic.startswith("homeassistant/switch/"):
                 camera = entity["device"]["name"]
@@ -495,6 +495,45 @@ def test_home_assistant_discovery_describes_each_camera_and_a_removed_camera_los
         record = late.wait_for_message("edged/homeassistant/cameras", timeout=TIMEOUT).json()
         assert record["cameras"] == ["front"]
         assert {m.topic for m in late.messages("homeassistant/#")} == discovery_topics("front")
+
+
+def available(entity: dict[str, Any], latest: dict[str, bytes]) -> bool:
+    """Home Assistant's rule for `availability_mode: all`: every availability topic says available."""
+    assert entity["availability_mode"] == "all"
+    return all(latest.get(a["topic"]) == a["payload_available"].encode() for a in entity["availability"])
+
+
+@pytest.mark.slow
+def test_the_face_sensors_of_a_camera_that_is_down_are_unavailable_not_clear(
+    tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
+) -> None:
+    cameras = {"front": front_and_back(media_dir)["front"], "down": {"url": "rtsp://127.0.0.1:9/none"}}
+    config = write_config(tmp_path, shared_dir, broker, cameras, homeassistant={"enabled": True})
+    expected = discovery_topics("front") | discovery_topics("down")
+    statuses = {"edged/status", "edged/front/status", "edged/down/status"}
+    with Subscriber(broker.host, broker.port, ["edged/#", "homeassistant/#"]) as subscriber:
+        with edged_running(config) as edged:
+            subscriber.wait_for(lambda ms: expected | statuses <= {m.topic for m in ms}, timeout=TIMEOUT)
+            subscriber.wait_for_message("edged/front/status", lambda m: m.payload == b"online", timeout=TIMEOUT)
+            entities = {m.topic: m.json() for m in subscriber.messages("homeassistant/#")}
+            latest = {m.topic: m.payload for m in subscriber.messages()}
+            assert latest["edged/down/status"] == b"offline"
+            availability = {topic: available(entity, latest) for topic, entity in entities.items()}
+            assert edged.stop() == 0, edged.log_text()
+        after_stop = {m.topic: m.payload for m in subscriber.messages()}
+    for entity in entities.values():
+        jsonschema.validate(entity, schema("homeassistant-discovery"))
+    assert availability == {
+        "homeassistant/binary_sensor/edged/front_face/config": True,
+        "homeassistant/sensor/edged/front_faces/config": True,
+        "homeassistant/image/edged/front_snapshot/config": True,
+        "homeassistant/switch/edged/front_detection/config": True,
+        "homeassistant/binary_sensor/edged/down_face/config": False,  # not "no face": the camera is down
+        "homeassistant/sensor/edged/down_faces/config": False,
+        "homeassistant/image/edged/down_snapshot/config": True,  # the last event's picture stays viewable
+        "homeassistant/switch/edged/down_detection/config": True,  # detection can be switched while it is down
+    }
+    assert not any(available(entity, after_stop) for entity in entities.values())  # edged gone: all of them
 
 
 @pytest.mark.slow

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from edged.bench.suite import BenchReport, format_table
 
 
 @pytest.mark.slow
@@ -60,3 +63,36 @@ def test_bench_whose_edged_cannot_start_says_why_in_one_line(tmp_path: Path, sha
     assert "edged exited with code 2 before every camera published" in line
     assert f"model {broken}: not a valid OpenVINO IR file" in line
     assert "Traceback" not in result.stderr
+
+
+def _report_with_ceilings(before: float, after: float) -> BenchReport:
+    def throughput(fps: float) -> dict[str, float]:
+        return {"fps": fps, "frames": 10 * fps, "seconds": 10.0, "cpu_seconds": 20.0, "cpu_ms_per_frame": 2000 / fps}
+
+    report = BenchReport({"cpu": "test CPU", "cores": 2, "openvino": "2026"}, {})
+    report.references = {
+        "benchmark_app_fps": 140.0,
+        "inference_ceiling": throughput(before),
+        "inference_ceiling_after_memory": throughput(after),
+        "inference_ceiling_fps": (before + after) / 2,
+        "inference_ceiling_drift": after / before - 1,
+        "decode_ceiling": throughput(270.0),
+        "decode_ceiling_edged_reader": throughput(330.0),
+        "resize_ms": 0.5,
+        "composed_limit_fps": 85.0,
+        "plain_loop": throughput(60.0),
+    }
+    return report
+
+
+def test_the_bench_table_warns_when_the_machine_slowed_down_during_the_run_from_memory() -> None:
+    table = format_table(_report_with_ceilings(before=140.0, after=80.0))
+
+    assert re.search(r"mean \(used in the ratios\) +110\.0 +drift -42\.9 %", table), table
+    assert "warning: the machine's speed changed by -43 % during the memory run" in table
+
+
+def test_the_bench_table_does_not_warn_about_a_steady_machine() -> None:
+    table = format_table(_report_with_ceilings(before=140.0, after=133.0))
+
+    assert "drift -5.0 %" in table and "warning" not in table

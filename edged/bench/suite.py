@@ -126,7 +126,7 @@ def _inference_references(options: BenchOptions, progress: Callable[[str], None]
     return {
         "benchmark_app_fps": round(app, 2),
         "inference_ceiling": ceiling.to_dict(),
-        "inference_ceiling_fps": ceiling.fps,  # the figure the ratios use: the mean, once measured twice
+        "inference_ceiling_fps": round(ceiling.fps, 2),  # the figure the ratios use: the mean, once measured twice
     }
 
 

@@ -112,6 +112,11 @@ class _EngineHoldingBackTheFirstResult(Engine):
 
     late_by: float | None = None
     first: int | None = None
+    busy_while_held = False  # True: no request counts as free until the held result is back (a hung inference)
+    holding = False
+
+    def request_idle(self) -> bool:
+        return not (self.busy_while_held and self.holding) and super().request_idle()
 
     def submit(self, frame: Frame, done: ResultCallback) -> None:
         if self.first is None:
@@ -120,10 +125,15 @@ class _EngineHoldingBackTheFirstResult(Engine):
             super().submit(frame, done)
             return
         loop = asyncio.get_running_loop()
+        self.holding = True
+
+        def back(result: Result) -> None:
+            self.holding = False
+            done(result)
 
         def held_back(result: Result) -> None:
             if self.late_by is not None:
-                loop.call_later(self.late_by, done, result)
+                loop.call_later(self.late_by, back, result)
 
         super().submit(frame, held_back)
 
@@ -178,3 +188,26 @@ async def test_a_result_that_comes_back_after_its_frame_was_given_up_is_not_deli
         task.cancel()
     assert delivered == [1, 2, 3]  # frame 0 was given up on: its late result is not handed over
     assert (dispatcher.lost, dispatcher.in_flight) == (1, 0)  # counted back once, at the give-up
+
+
+async def test_a_frame_waiting_for_a_request_held_by_a_given_up_inference_goes_in_once_that_result_is_back(
+    shared_dir: Path,
+) -> None:
+    engine = _EngineHoldingBackTheFirstResult(_retail(shared_dir, requests=2))
+    engine.late_by, engine.busy_while_held = 1.5, True
+    delivered: list[tuple[int, bool]] = []  # (frame index, whether the held result was back by then)
+    dispatcher = Dispatcher(
+        engine, lambda result: delivered.append((result.frame.index, not engine.holding)), lost_after=0.5
+    )
+    slot = dispatcher.add_camera("door")
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        await _infer_each(slot, engine, range(1))
+        await asyncio.sleep(1.0)  # frame 0 given up on; its request still counts as busy
+        # Only the late result frees a request: nothing else would wake the dispatcher for this frame.
+        await _infer_each(slot, engine, range(1, 2))
+        await asyncio.wait_for(dispatcher.drain(), 10)
+    finally:
+        task.cancel()
+    assert delivered == [(1, True)]
+    assert (dispatcher.lost, dispatcher.in_flight) == (1, 0)

@@ -63,7 +63,7 @@ def discovery_configs(prefix: str, camera: str, version: str) -> dict[str, dict[
     node = node_id(prefix)
     edged_up = {"topic": f"{prefix}/status", "payload_available": "online", "payload_not_available": "offline"}
     camera_up = {**edged_up, "topic": f"{prefix}/{camera}/status"}
-    # `all`: a camera's status is valid only while edged is online (a crash leaves the last one retained).
+    # `all`: a camera's status is valid only while edged is online (a kill leaves its last one retained).
     seeing = {"availability": [edged_up, camera_up], "availability_mode": "all"}
     running = {"availability": [edged_up], "availability_mode": "all"}
     common = {

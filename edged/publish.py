@@ -12,7 +12,9 @@ outage (QoS 1 is at-least-once), recognisable by their camera and `seq`.
 
 When the outbox is full the oldest waiting messages go first and are counted. Retained state
 (statuses) is kept apart as "latest value per topic": it takes no outbox space and is re-sent
-first on every reconnect, because the broker may have lost it.
+first on every reconnect, because the broker may have lost it. A retained state can name the value
+it lapses to when edged goes down without a clean stop (a crash elsewhere): that value is put on
+the connection ahead of the DISCONNECT, with `offline` (the will only covers `{prefix}/status`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class Publisher:
         self._pending: deque[asyncio.Task[None]] = deque()  # sends of the outbox's first messages, in order
         self._retained: dict[str, Message] = {}
         self._unsent_retained: dict[str, Message] = {}
+        self._lapses: dict[str, bytes] = {}  # retained topic -> its value once edged is gone
         self._wake = asyncio.Event()
         self._closing = False
         self._closed = asyncio.Event()
@@ -107,8 +110,11 @@ class Publisher:
                 return index
         return first
 
-    def set_retained(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        """Publish a retained state; only its latest value matters, so it is never dropped."""
+    def set_retained(self, topic: str, payload: bytes, qos: int = 1, *, lapses_to: bytes | None = None) -> None:
+        """Publish a retained state; only its latest value matters, so it is never dropped. `lapses_to`: the
+        value the state takes when edged goes down, said even if it goes down without a clean stop."""
+        if lapses_to is not None:
+            self._lapses[topic] = lapses_to
         message = Message(topic, payload, qos, True)
         if self._retained.get(topic) == message:
             return
@@ -119,6 +125,7 @@ class Publisher:
     def clear_retained(self, topic: str) -> None:
         """Delete the broker's retained copy (an empty retained message does that), e.g. of a camera a reload
         removed: subscribers arriving later must not find a camera that no longer exists."""
+        self._lapses.pop(topic, None)
         self.set_retained(topic, b"", 1)
 
     @property
@@ -168,19 +175,31 @@ class Publisher:
             log.warning("MQTT: %d queued messages could not be delivered before shutdown", len(self._outbox))
 
     async def _offline_ahead_of_disconnect(self) -> None:
-        """The queue did not drain in time (a slow or stalled broker): put `offline` on the connection anyway,
-        ahead of the DISCONNECT that follows. A clean disconnect suppresses the will, so without it subscribers
-        would keep a retained `online` from a process that is gone."""
+        """The queue did not drain in time (a slow or stalled broker), or edged is going down without a clean
+        stop: put the lapsed states and `offline` on the connection anyway, ahead of the DISCONNECT that
+        follows. A clean disconnect suppresses the will, so without it subscribers would keep a retained
+        `online` from a process that is gone."""
         if (client := self._session_client) is None:
             return
-        send = asyncio.ensure_future(self._send(client, self._goodbye))
+        # In order on the wire (each send queues its PUBLISH when it first runs): the states, then `offline`.
+        sends = [asyncio.ensure_future(self._send(client, message)) for message in (*self._lapsed(), self._goodbye)]
         try:
-            await asyncio.wait({send}, timeout=OFFLINE_GRACE_S)
+            await asyncio.wait(sends, timeout=OFFLINE_GRACE_S)
         finally:
-            if not send.done():
-                send.cancel()  # not acknowledged yet, but its PUBLISH is queued on the connection before the DISCONNECT
-            elif not send.cancelled() and (error := send.exception()) is not None:
-                log.debug("MQTT: offline could not be sent at shutdown: %s", error)
+            for send in sends:
+                if not send.done():
+                    send.cancel()  # not acknowledged yet, but its PUBLISH is queued before the DISCONNECT
+                elif not send.cancelled() and (error := send.exception()) is not None:
+                    log.debug("MQTT: a last status could not be sent at shutdown: %s", error)
+
+    def _lapsed(self) -> list[Message]:
+        """The retained states whose lapsed value the broker may not hold yet."""
+        return [
+            Message(topic, payload, 1, True)
+            for topic, payload in self._lapses.items()
+            if (current := self._retained.get(topic)) is not None  # gone: a topic the broker refused
+            and (current.payload != payload or topic in self._unsent_retained)
+        ]
 
     def _client(self) -> aiomqtt.Client:
         config = self._config

@@ -28,7 +28,7 @@ from edged.inference import Engine, Result
 from edged.lifecycle import Lifecycle
 from edged.message import detection_payload
 from edged.nvr import Nvr
-from edged.publish import Publisher
+from edged.publish import OFFLINE, Publisher
 from edged.reload import CameraChanges, diff
 from edged.secrets import MqttSecurity
 
@@ -266,8 +266,10 @@ class Supervisor:
     def _on_camera_status(self, camera: str, online: bool) -> None:
         # Cameras report changes only, and set_retained ignores an unchanged value: no bookkeeping here.
         self._nvr.on_camera_status(camera, online)
-        status = b"online" if online else b"offline"
-        self._publisher.set_retained(self._status_topic(camera), status, self._config.mqtt.qos.status)
+        status = b"online" if online else OFFLINE
+        self._publisher.set_retained(
+            self._status_topic(camera), status, self._config.mqtt.qos.status, lapses_to=OFFLINE
+        )
 
     def _status_topic(self, camera: str) -> str:
         return f"{self._publisher.prefix}/{camera}/status"

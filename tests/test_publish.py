@@ -116,6 +116,25 @@ async def test_offline_is_retained_when_edged_goes_down_without_closing_the_publ
     assert status.payload == b"offline"
 
 
+async def test_camera_statuses_go_offline_with_edged_when_it_goes_down_without_closing_the_publisher(
+    broker: Mosquitto, subscriber: Any
+) -> None:
+    publisher, running = await _online(broker, "crashing-with-cameras")
+    publisher.set_retained("edged/door/status", b"online", lapses_to=b"offline")
+    publisher.set_retained("edged/yard/status", b"offline", lapses_to=b"offline")
+    await asyncio.sleep(0.3)
+    running.cancel()  # what the TaskGroup does to the publisher when another task of edged crashes
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+    watcher = subscriber(broker, "edged/#")  # what a subscriber arriving afterwards is told
+    statuses = await asyncio.to_thread(watcher.wait_for, lambda ms: len({m.topic for m in ms}) == 3, 5)
+    assert {m.topic: m.payload for m in statuses} == {
+        "edged/status": b"offline",
+        "edged/door/status": b"offline",
+        "edged/yard/status": b"offline",
+    }
+
+
 async def test_a_message_to_a_topic_no_broker_accepts_is_dropped_and_the_others_are_delivered(
     broker: Mosquitto, subscriber: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -106,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--requests", type=int, help="edged's inference requests in flight (default: edged's own, see README)"
     )
+    bench.add_argument(
+        "--repeat", type=int, default=1, help="run it all this many times and add medians (shared machines drift)"
+    )
     bench.add_argument("--json", type=Path, help="also write the report as JSON to this file")
     bench.set_defaults(handler=_bench)
     return parser
@@ -184,12 +188,14 @@ def _detect(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from edged.bench.reference import BenchmarkError
-    from edged.bench.suite import BenchOptions, format_table, run_suite
+    from edged.bench.suite import BenchOptions, format_summary, format_table, repeated_json, run_suite
 
     scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         raise EdgedError(f"--scenarios: unknown {', '.join(sorted(unknown))}; known: {', '.join(SCENARIOS)}")
+    if args.repeat < 1:
+        raise EdgedError(f"--repeat: {args.repeat} is not a number of runs: give 1 or more")
     for path, flag in ((args.model, "--model"), (args.media, "--media")):
         if not path.is_file():
             raise EdgedError(f"{flag}: {path} not found (set EDGED_TEST_DATA or pass {flag})")
@@ -201,14 +207,24 @@ def _bench(args: argparse.Namespace) -> int:
         args.model.resolve(), args.media.resolve(), args.cameras, args.seconds, scenarios,
         not args.no_references, mqtt, args.soak, args.requests,
     )  # fmt: skip
-    try:
-        report = run_suite(options, lambda step: print(f"bench: {step} ...", file=sys.stderr, flush=True))
-    except BenchmarkError as error:
-        raise EdgedError(f"bench: {error}") from None
-    print(format_table(report))
+    reports = []
+    for number in range(1, args.repeat + 1):
+        label = f"bench {number}/{args.repeat}" if args.repeat > 1 else "bench"
+        try:
+            report = run_suite(options, functools.partial(_progress, label))
+        except BenchmarkError as error:
+            raise EdgedError(f"bench: {error}") from None
+        print(format_table(report), flush=True)  # each run as soon as it is done: a long series shows progress
+        reports.append(report)
+    if len(reports) > 1:
+        print(format_summary(reports))
     if args.json:
-        args.json.write_text(report.to_json())
+        args.json.write_text(reports[0].to_json() if len(reports) == 1 else repeated_json(reports))
     return EXIT_OK
+
+
+def _progress(label: str, step: str) -> None:
+    print(f"{label}: {step} ...", file=sys.stderr, flush=True)
 
 
 def _model_spec(args: argparse.Namespace) -> ModelSpec:

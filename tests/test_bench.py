@@ -40,6 +40,40 @@ def test_bench_measures_edged_end_to_end_and_writes_json(tmp_path: Path, shared_
     assert figures["machine"]["cores"] == os.cpu_count()
 
 
+@pytest.mark.slow
+def test_a_repeated_bench_reports_each_bench_and_the_medians(tmp_path: Path, shared_dir: Path) -> None:
+    report = tmp_path / "bench.json"
+    command = [
+        sys.executable, "-m", "edged.cli", "bench", "--cameras", "1", "--seconds", "1", "--repeat", "2",
+        "--media", str(shared_dir / "media/classroom.mp4"), "--scenarios", "max", "--no-references",
+        "--json", str(report),
+    ]  # fmt: skip
+    result = subprocess.run(
+        command,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "EDGED_TEST_DATA": str(shared_dir)},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("edged run") == 2 and "over 2 benches" in result.stdout
+    assert "bench 2/2: edged end to end: max ..." in result.stderr
+    figures = json.loads(report.read_text())
+    fps = [bench["runs"]["max"]["fps"] for bench in figures["benches"]]
+    assert len(fps) == 2 and all(value > 0 for value in fps)
+    assert figures["summary"]["max_fps"] == {"median": round(sum(fps) / 2, 3), "min": min(fps), "max": max(fps)}
+
+
+def test_bench_refuses_a_repeat_of_no_runs_in_one_line() -> None:
+    command = [sys.executable, "-m", "edged.cli", "bench", "--repeat", "0"]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 2
+    assert result.stderr.strip() == "edged: --repeat: 0 is not a number of runs: give 1 or more"
+
+
 def test_bench_refuses_an_unknown_scenario_in_one_line(shared_dir: Path) -> None:
     command = [sys.executable, "-m", "edged.cli", "bench", "--scenarios", "max,warp"]
     result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)

@@ -62,17 +62,17 @@ class BenchReport:
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     ratios: dict[str, float] = field(default_factory=dict)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "machine": self.machine,
+            "options": self.options,
+            "references": self.references,
+            "runs": self.runs,
+            "ratios": self.ratios,
+        }
+
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "machine": self.machine,
-                "options": self.options,
-                "references": self.references,
-                "runs": self.runs,
-                "ratios": self.ratios,
-            },
-            indent=1,
-        )
+        return json.dumps(self.to_dict(), indent=1)
 
 
 def run_suite(options: BenchOptions, progress: Callable[[str], None]) -> BenchReport:
@@ -306,8 +306,44 @@ def _ceiling_again_lines(refs: dict[str, Any]) -> list[str]:
     return lines
 
 
+def summarise(reports: list[BenchReport]) -> dict[str, dict[str, float]]:
+    """Median, min and max over repeated benches of each ratio and each run's fps (present in every bench)."""
+    series: dict[str, list[float]] = {}
+    for report in reports:
+        for key, value in report.ratios.items():
+            series.setdefault(key, []).append(value)
+        for name, run in report.runs.items():
+            series.setdefault(f"{name}_fps", []).append(run["fps"])
+    return {
+        key: {"median": round(float(np.median(values)), 3), "min": min(values), "max": max(values)}
+        for key, values in series.items()
+        if len(values) == len(reports)
+    }
+
+
+def format_summary(reports: list[BenchReport]) -> str:
+    lines = ["", f"over {len(reports)} benches                                median     min     max"]
+    for key, figures in summarise(reports).items():
+        lines.append(f"{key:44} {figures['median']:7.3f} {figures['min']:7.3f} {figures['max']:7.3f}")
+    return "\n".join(lines)
+
+
+def repeated_json(reports: list[BenchReport]) -> str:
+    return json.dumps({"benches": [report.to_dict() for report in reports], "summary": summarise(reports)}, indent=1)
+
+
 def _ref_line(label: str, figures: dict[str, float]) -> str:
     return f"{label:36} {figures['fps']:10.1f}   {figures['cpu_ms_per_frame']:.2f}"
 
 
-__all__ = ["SCENARIOS", "BenchOptions", "BenchReport", "RunResult", "format_table", "run_suite"]
+__all__ = [
+    "SCENARIOS",
+    "BenchOptions",
+    "BenchReport",
+    "RunResult",
+    "format_summary",
+    "format_table",
+    "repeated_json",
+    "run_suite",
+    "summarise",
+]

@@ -195,7 +195,7 @@ class Publisher:
     def _lapsed(self) -> list[Message]:
         """The retained states whose lapsed value the broker may not hold yet."""
         return [
-            Message(topic, payload, 1, True)
+            Message(topic, payload, current.qos, True)
             for topic, payload in self._lapses.items()
             if (current := self._retained.get(topic)) is not None  # gone: a topic the broker refused
             and (current.payload != payload or topic in self._unsent_retained)

@@ -71,7 +71,8 @@ class Nvr:
             self._publisher.set_retained(self._faces_topic(name), b"0", self._state_qos)
 
     def remove_camera(self, name: str) -> None:
-        """A reload removed the camera: it leaves the stats and Home Assistant, and takes no more commands."""
+        """The camera is not configured (any more): it leaves the stats and Home Assistant, takes no more commands,
+        and its retained topics are deleted. Also for a camera only an earlier run had (its topics left over)."""
         self._removed.add(name)
         self.telemetry.cameras.pop(name, None)
         self.control.remove_camera(name)

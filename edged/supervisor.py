@@ -21,7 +21,7 @@ from typing import Any
 from edged import health, worker
 from edged.allocator import return_free_memory
 from edged.camera import Camera
-from edged.config import Config, load_config
+from edged.config import CAMERA_NAME, Config, load_config
 from edged.dispatch import Dispatcher
 from edged.errors import EXIT_OK, EXIT_USAGE, ConfigError
 from edged.inference import Engine, Result
@@ -87,6 +87,7 @@ class Supervisor:
         for name, engine in self._engines.items():
             self._nvr.add_model(name, self._dispatchers[name], engine.requests)
         self._nvr.start()
+        self._publisher.subscribe(self._status_topic("+"), self._on_retained_status)
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
             self._nvr.create_tasks(tasks)
@@ -235,8 +236,7 @@ class Supervisor:
         try:
             await self._stop_cameras([*changes.removed, *changes.changed])
             for name in changes.removed:
-                self._nvr.remove_camera(name)
-                self._publisher.clear_retained(self._status_topic(name))
+                self._forget(name)
                 log.info("camera %s: stopped, removed from the configuration", name)
             self._config = self._config.model_copy(update={"cameras": new.cameras})
             for name in (*changes.added, *changes.changed):
@@ -273,6 +273,20 @@ class Supervisor:
 
     def _status_topic(self, camera: str) -> str:
         return f"{self._publisher.prefix}/{camera}/status"
+
+    def _forget(self, camera: str) -> None:
+        """A camera no longer configured: its retained topics go, so later subscribers do not find it."""
+        self._nvr.remove_camera(camera)
+        self._publisher.clear_retained(self._status_topic(camera))
+
+    def _on_retained_status(self, topic: str, payload: bytes, retained: bool) -> None:
+        """The broker hands over the retained statuses at every connect: one of a camera an earlier run had and
+        this configuration has not is a leftover (a reload deletes them at once, a restart could not)."""
+        camera = topic.removeprefix(f"{self._publisher.prefix}/").removesuffix("/status")
+        if not retained or not payload or camera in self._config.cameras or not CAMERA_NAME.match(camera):
+            return
+        self._forget(camera)
+        log.info("camera %s: not in the configuration any more; deleted its retained topics", camera)
 
     def _on_result(self, result: Result) -> None:
         self._last_result = time.monotonic()

@@ -142,7 +142,13 @@ def _validated(path: Path) -> tuple[Config, MqttSecurity]:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from edged.sources import probe_file
+
     config, _ = _validated(args.config)
+    # `run` would start the other cameras and report these; a check is asked before anything runs.
+    problems = [problem for name, camera in config.cameras.items() if (problem := probe_file(name, camera))]
+    if problems:
+        raise EdgedError("\n".join(f"{args.config}: {problem}" for problem in problems))
     print(f"{args.config}: OK ({len(config.cameras)} cameras, models: {', '.join(config.models)})")
     return EXIT_OK
 

@@ -353,6 +353,28 @@ def open_source(camera: str, config: CameraConfig) -> Source:
     return CaptureSource(camera, config)
 
 
+def probe_file(camera: str, config: CameraConfig) -> str | None:
+    """For `edged check`: why a camera that reads a file would fail at its first frame, or None if it reads one.
+
+    Only files: a stream or a device is not there yet or is in use by a running edged, and a check must not
+    take it over. The answer is the very line `edged run` would log for that camera."""
+    if config.kind not in ("video", "image"):
+        return None
+    try:
+        source = open_source(camera, config)
+    except SourceError as error:
+        return str(error)
+    try:
+        if not source.grab():
+            return f"camera {camera}: {config.safe_url} holds no frame: check the file"
+        source.retrieve()
+    except SourceError as error:
+        return str(error)
+    finally:
+        source.release()
+    return None
+
+
 def _is_mjpeg(url: str) -> bool:
     return url.lower().endswith(_MJPEG_SUFFIXES)
 

@@ -193,6 +193,27 @@ def test_check_refuses_a_bad_config_with_one_line_and_exit_code_2(tmp_path: Path
     assert "Traceback" not in result.stderr
 
 
+def test_check_reads_the_first_frame_of_each_file_camera_and_names_each_that_fails(
+    tmp_path: Path, seed_model: Path, clip: Path, media_dir: Path
+) -> None:
+    renamed = tmp_path / "renamed.mp4"
+    renamed.write_bytes((media_dir / "images" / "astronaut.png").read_bytes())
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_text("not a video\n")
+    text = minimal(seed_model, clip) + f"  renamed:\n    url: {renamed}\n  corrupt:\n    url: {corrupt}\n"
+    text += "  lobby:\n    url: rtsp://127.0.0.1:9/none\n"  # a stream is not probed: it may not be up yet
+    path = write(tmp_path, text)
+
+    result = edged("check", "-c", str(path))
+
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2, result.stderr
+    assert lines[0].startswith(f"edged: {path}: camera renamed: {renamed} holds an image (PNG), not a video")
+    assert lines[1].startswith(f"edged: {path}: camera corrupt: ")
+    assert "Traceback" not in result.stderr
+
+
 def test_check_refuses_a_corrupt_model(tmp_path: Path, seed_model: Path, clip: Path) -> None:
     broken = tmp_path / "broken.xml"
     broken.write_text(seed_model.read_text()[:5000])  # truncated XML

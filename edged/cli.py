@@ -19,7 +19,7 @@ from edged import __version__
 from edged.bench import SCENARIOS
 from edged.config import Config, load_config
 from edged.descriptors import MODELS_DIR_ENV, FileStatus, load_descriptors, verify
-from edged.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, EdgedError
+from edged.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, EdgedError, ModelError
 from edged.frame import Image
 from edged.models import BUILTIN_DESCRIPTORS, ModelSpec, models_dir, resolve
 from edged.redact import REDACTOR
@@ -135,9 +135,16 @@ def _validated(path: Path) -> tuple[Config, MqttSecurity]:
     security = mqtt_security(config.mqtt, os.environ, path)
     REDACTOR.add_secret(security.password)  # from here on no log line can show it
     core = ov.Core()
-    for spec in config.model_specs().values():
-        read_model(spec, core)
-        check_device(spec, core)
+    for name, spec in config.model_specs().items():
+        given = config.models[name]
+        try:
+            read_model(spec, core)
+        except ModelError as error:
+            raise ModelError(f"{path}: {config.model_key(name, 'path' if given.path else 'name')}: {error}") from None
+        try:
+            check_device(spec, core)
+        except ModelError as error:
+            raise ModelError(f"{path}: {config.model_key(name, 'device')}: {error}") from None
     return config, security
 
 

@@ -15,7 +15,17 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edged.errors import ConfigError
 from edged.models import ModelSpec, models_dir, resolve
@@ -298,6 +308,14 @@ class Config(_Strict):
     stats: StatsConfig = StatsConfig()
     metrics: MetricsConfig = MetricsConfig()
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
+    _single_model: bool = PrivateAttr(default=False)  # written as `model:`: errors speak of that key
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_the_form(cls, raw: Any, handler: ModelWrapValidatorHandler[Config]) -> Config:
+        config = handler(raw)
+        config._single_model = isinstance(raw, dict) and "model" in raw
+        return config
 
     @model_validator(mode="before")
     @classmethod
@@ -325,6 +343,10 @@ class Config(_Strict):
     def model_specs(self) -> dict[str, ModelSpec]:
         folder = models_dir(self.models_dir)
         return {key: resolve(key, folder=folder, **model.model_dump()) for key, model in self.models.items()}
+
+    def model_key(self, name: str, field: str) -> str:
+        """Where the user wrote a model's `field`: `model.path` for the single form, else `models.<name>.path`."""
+        return f"model.{field}" if self._single_model else f"models.{name}.{field}"
 
     def model_of(self, camera: str) -> str:
         return self.cameras[camera].model or next(iter(self.models))

@@ -231,10 +231,22 @@ def test_check_refuses_a_model_without_its_weights(tmp_path: Path, seed_model: P
     lonely = tmp_path / "lonely.xml"
     lonely.write_text(seed_model.read_text())
 
-    result = edged("check", "-c", str(write(tmp_path, minimal(lonely, clip))))
+    path = write(tmp_path, minimal(lonely, clip))
+
+    result = edged("check", "-c", str(path))
 
     assert result.returncode == 2
-    assert "lonely.bin is missing" in result.stderr
+    assert result.stderr.startswith(f"edged: {path}: model.path: model {lonely}: its weights file lonely.bin")
+
+
+def test_check_names_the_key_of_a_device_this_machine_lacks(tmp_path: Path, seed_model: Path, clip: Path) -> None:
+    text = f"models:\n  fast:\n    path: {seed_model}\n    device: NPU.7\ncameras:\n  door:\n    url: {clip}\n"
+    path = write(tmp_path, text)
+
+    result = edged("check", "-c", str(path))
+
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"edged: {path}: models.fast.device: model fast: device 'NPU.7' is not available")
 
 
 def test_several_models_each_camera_picks_one(tmp_path: Path, shared_dir: Path, clip: Path) -> None:

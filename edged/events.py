@@ -74,6 +74,7 @@ class _Open:
 @dataclass(slots=True)
 class _CameraState:
     streak: int = 0  # consecutive processed frames with a face, before an event starts
+    streak_first: float = 0.0  # when the streak's face was first seen: the event's start
     streak_last: float = 0.0
     event: _Open | None = None
 
@@ -103,12 +104,15 @@ class EventTracker:
             # A gap longer than end_after between two face frames (camera paused or offline) breaks the streak.
             if state.streak and timestamp - state.streak_last >= self.end_after:
                 state.streak = 0
+            if state.streak == 0:
+                state.streak_first = timestamp
             state.streak += 1
             state.streak_last = timestamp
             if state.streak < self.min_frames:
                 return Observation()
             state.streak = 0
-            started_ms = round(timestamp * 1000)  # the id is the start time in ms, exactly as start_time shows it
+            # The face was there from the streak's first frame on; the frames after it only confirmed it.
+            started_ms = round(state.streak_first * 1000)  # the id is the start in ms, exactly as start_time shows it
             event = state.event = _Open(
                 id=f"{camera}-{started_ms}",
                 start_time=started_ms / 1000,

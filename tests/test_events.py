@@ -33,12 +33,12 @@ def test_a_face_seen_in_fewer_than_min_frames_consecutive_frames_starts_no_event
     assert feed(tracker, "door", frames) == []
 
 
-def test_an_event_starts_on_the_min_frames_th_consecutive_frame_with_a_face() -> None:
+def test_an_event_starts_on_the_min_frames_th_consecutive_frame_with_a_face_dated_from_the_first() -> None:
     tracker = EventTracker(min_frames=2, end_after=2.0)
     [new] = feed(tracker, "door", [(10.0, NONE), (10.1, faces(0.8)), (10.2, faces(0.9, 0.7))])
     assert new.type == "new"
     assert new.camera == "door"
-    assert new.start_time == 10.2
+    assert new.start_time == 10.1  # when the face was first seen, not when it was confirmed
     assert new.end_time is None
     assert new.faces == 2
     assert new.top_score == np.float32(0.9)

@@ -6,6 +6,7 @@ as one line that names the file, the key path and the bad value.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import socket
@@ -532,21 +533,52 @@ def _existing_file(path: Path, missing: str) -> Path:
     raise ValueError(missing)
 
 
+# What to give instead, by the kind of value pydantic could not use (its error types' prefixes).
+_WANTED = {"int": "give a whole number", "float": "give a number", "bool": "give true or false", "string": "give text"}
+
+
 def _describe(path: Path, error: ValidationError) -> str:
-    """One line per problem: file, key path, what is wrong, the value given."""
+    """One line per problem: file, key path, what is wrong, what to do, the value given. A misspelt key comes
+    first and names the key it was probably meant to be (that key is then missing too: not said twice)."""
+    items = error.errors(include_url=False)
+    misspelt = _misspellings(items)
+    meant = {(*loc[:-1], key) for loc, key in misspelt.items()}  # missing keys a misspelling already explains
     lines = []
-    for item in error.errors(include_url=False):
+    for item in sorted(items, key=lambda item: item["type"] != "extra_forbidden"):
         loc = ".".join(str(part) for part in item["loc"] if part != "[key]")
         message = item["msg"].removeprefix("Value error, ")
-        if not loc:  # whole-config checks name their own key: "models.x.name: ..."
-            loc, _, message = message.partition(": ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown key: check its spelling and indentation (see README for the keys)"
-        elif item["type"] == "missing":
+        if not loc or re.match(r"[a-z_]+: ", message):  # checks over several keys name their own key
+            head, _, message = message.partition(": ")
+            loc = f"{loc}.{head}" if loc else head
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            guess = f"did you mean {misspelt[item['loc']]}? " if item["loc"] in misspelt else ""
+            message = f"unknown key: {guess}check its spelling and indentation (see README for the keys)"
+        elif kind == "missing":
+            if item["loc"] in meant:
+                continue
             message = "required key is missing"
+        elif kind == "too_short" and isinstance(item.get("input"), dict):
+            message = "is empty: configure at least one"
+        elif (wanted := _WANTED.get(kind.partition("_")[0])) is not None:
+            message = f"{message}: {wanted}"
         value = item.get("input")
-        shown = "" if item["type"] in ("missing", "extra_forbidden") or isinstance(value, dict) else f" (got {value!r})"
+        shown = "" if kind in ("missing", "extra_forbidden") or isinstance(value, dict) else f" (got {value!r})"
         if "not found" in message or "password" in loc:
             shown = ""  # the message already names the path; a password value is never echoed
         lines.append(redact_url(f"{path}: {loc}: {message}{shown}"))
     return "\n".join(lines)
+
+
+def _misspellings(items: list[Any]) -> dict[tuple[Any, ...], str]:
+    """Unknown key's location -> the missing key beside it that it resembles (`ulr` -> `url`)."""
+    missing = {tuple(item["loc"]) for item in items if item["type"] == "missing"}
+    found = {}
+    for item in items:
+        if item["type"] != "extra_forbidden" or not item["loc"]:
+            continue
+        *parent, key = item["loc"]
+        beside = [str(loc[-1]) for loc in missing if list(loc[:-1]) == parent]
+        if close := difflib.get_close_matches(str(key), beside, n=1, cutoff=0.6):
+            found[tuple(item["loc"])] = close[0]
+    return found

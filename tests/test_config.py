@@ -118,7 +118,8 @@ REJECTIONS = [
     # (case, config text, fragment the message must contain)
     ("unknown top-level key", yaml_with(top="mqttt: {{}}\n"), "mqttt: unknown key"),
     ("unknown camera key", yaml_with(camera="    fsp: 5\n"), "cameras.d.fsp: unknown key"),
-    ("wrong type", yaml_with(camera="    fps: fast\n"), "cameras.d.fps"),
+    ("wrong type", yaml_with(camera="    fps: fast\n"), "cameras.d.fps: Input should be a valid number, unable to"),
+    ("wrong type says what to give", yaml_with(camera="    fps: fast\n"), "number: give a number (got 'fast')"),
     ("negative fps", yaml_with(camera="    fps: -3\n"), "cameras.d.fps"),
     ("unknown decoder threads", yaml_with(camera="    decoder_threads: many\n"), "cameras.d.decoder_threads"),
     ("port out of range", yaml_with(top="mqtt:\n  port: 70000\n"), "mqtt.port"),
@@ -131,7 +132,7 @@ REJECTIONS = [
     ),
     ("missing video file", yaml_with(url="/nonexistent/v.mp4"), "cameras.d.url: file not found"),
     ("unsupported scheme", yaml_with(url="ftp://cam/x"), "cameras.d.url: unsupported URL scheme 'ftp'"),
-    ("no cameras", "model:\n  path: {model_path}\ncameras: {{}}\n", "cameras"),
+    ("no cameras", "model:\n  path: {model_path}\ncameras: {{}}\n", "cameras: is empty: configure at least one"),
     ("no model", "cameras:\n  d:\n    url: {clip}\n", "models: required key is missing"),
     ("model and models", yaml_with(top="models:\n  x:\n    path: {model_path}\n"), "not both"),
     ("neither path nor name", yaml_with().replace("path: {model_path}", "device: CPU"), "either as `path`"),
@@ -157,6 +158,20 @@ def test_bad_configs_are_refused_naming_the_file_and_key(
 
     assert str(path) in str(refused.value)
     assert expected in str(refused.value)
+
+
+def test_a_misspelt_key_is_named_first_with_the_key_it_resembles_and_that_key_is_not_called_missing(
+    tmp_path: Path, seed_model: Path, clip: Path
+) -> None:
+    path = write(tmp_path, f"model:\n  path: {seed_model}\ncameras:\n  d:\n    ulr: {clip}\n")
+
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+
+    assert str(refused.value) == (
+        f"{path}: cameras.d.ulr: unknown key: did you mean url? check its spelling and indentation (see README for "
+        "the keys)"
+    )
 
 
 def test_credentials_in_urls_never_appear_in_errors(tmp_path: Path, seed_model: Path) -> None:

@@ -160,5 +160,5 @@ def test_a_plain_password_in_the_yaml_is_refused_without_echoing_it(tmp_path: Pa
         code = edged.wait()
         log = edged.log()
     assert code == 2
-    assert "mqtt: password: a plain-text password in the config file is refused" in log
+    assert "mqtt.password: a plain-text password in the config file is refused" in log
     assert SECRET not in log

@@ -21,6 +21,7 @@ from edged.config import Config, load_config
 from edged.descriptors import MODELS_DIR_ENV, FileStatus, load_descriptors, verify
 from edged.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, EdgedError, ModelError
 from edged.frame import Image
+from edged.logs import counted
 from edged.models import BUILTIN_DESCRIPTORS, ModelSpec, models_dir, resolve
 from edged.redact import REDACTOR
 from edged.secrets import MqttSecurity, mqtt_security
@@ -81,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     detect.add_argument("--models-dir", type=Path, help="folder of descriptor-named models (default $EDGED_MODELS_DIR)")
     detect.add_argument("--confidence", type=_confidence, help="0 < c <= 1; default: the model descriptor's, else 0.5")
-    detect.add_argument("--device", default="CPU")
+    detect.add_argument("--device", default="CPU", help="OpenVINO device (default CPU)")
     detect.add_argument("images", nargs="+", type=Path)
     detect.set_defaults(handler=_detect)
 
@@ -156,7 +157,7 @@ def _check(args: argparse.Namespace) -> int:
     problems = [problem for name, camera in config.cameras.items() if (problem := probe_file(name, camera))]
     if problems:
         raise EdgedError("\n".join(f"{args.config}: {problem}" for problem in problems))
-    print(f"{args.config}: OK ({len(config.cameras)} cameras, models: {', '.join(config.models)})")
+    print(f"{args.config}: OK ({counted(len(config.cameras), 'camera')}, models: {', '.join(config.models)})")
     return EXIT_OK
 
 
@@ -182,7 +183,11 @@ def _detect(args: argparse.Namespace) -> int:
     from edged.inference import Engine
     from edged.message import faces_json
 
-    engine = Engine(_model_spec(args))
+    spec = _model_spec(args)
+    missing = [str(path) for path in args.images if not path.is_file()]
+    if missing:  # before the model is compiled: that takes a while
+        raise EdgedError(f"{', '.join(missing)}: no such image file: check the path")
+    engine = Engine(spec)
     results = []
     for path in args.images:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -259,7 +264,8 @@ def _model_spec(args: argparse.Namespace) -> ModelSpec:
             folder=models_dir(args.models_dir),
         )
     except ValueError as error:
-        raise EdgedError(str(error).replace(f"models.{args.model}.name", "-m")) from None
+        message = str(error).replace(f"models.{args.model}.name", "-m")  # speak of the options, not config keys
+        raise EdgedError(message.replace("set models_dir / $", "pass --models-dir or set $")) from None
 
 
 def _models_list(args: argparse.Namespace) -> int:

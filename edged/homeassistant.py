@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from edged.config import CAMERA_NAME, HomeAssistantConfig, plain_topic
+from edged.logs import counted
 from edged.publish import Publisher
 
 log = logging.getLogger("edged.homeassistant")
@@ -132,7 +133,11 @@ class HomeAssistantDiscovery:
             self._announce(camera)
         self._publisher.subscribe(self.record_topic, self._on_record)
         self._publish_record()
-        log.info("Home Assistant discovery: %d cameras under %s/", len(self._cameras), self._config.discovery_prefix)
+        log.info(
+            "Home Assistant discovery: %s under %s/",
+            counted(len(self._cameras), "camera"),
+            self._config.discovery_prefix,
+        )
 
     def add_camera(self, camera: str) -> None:
         """A reload added the camera: Home Assistant gets its entities at once."""

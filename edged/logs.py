@@ -19,3 +19,8 @@ def setup_logging(level: str) -> None:
     # Library chatter (paho's per-packet debug lines) is not what an operator needs at 3 a.m.
     for noisy in ("aiomqtt", "paho", "mqtt", "edged.mqtt.client"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
+
+
+def counted(number: int, noun: str) -> str:
+    """`1 camera`, `2 cameras`: log lines are read by people."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"

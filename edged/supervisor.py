@@ -26,6 +26,7 @@ from edged.dispatch import Dispatcher
 from edged.errors import EXIT_OK, EXIT_USAGE, ConfigError
 from edged.inference import Engine, Result
 from edged.lifecycle import Lifecycle
+from edged.logs import counted
 from edged.message import detection_payload
 from edged.nvr import Nvr
 from edged.publish import OFFLINE, Publisher
@@ -102,9 +103,9 @@ class Supervisor:
                     self._start_camera(name, self._config)
             await self._wait_for_broker()
             log.info(
-                "edged running: %d cameras on %d models (%s)",
-                len(self._cameras),
-                len(self._engines),
+                "edged running: %s on %s (%s)",
+                counted(len(self._cameras), "camera"),
+                counted(len(self._engines), "model"),
                 ", ".join(self._engines),
             )
             self._lifecycle.ready(self._health().summary)

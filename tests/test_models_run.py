@@ -83,6 +83,23 @@ def test_detect_refuses_an_unknown_model_name_in_one_line() -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_detect_names_an_image_that_is_not_there_in_one_line(shared_dir: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "edged.cli", "detect", "-m", str(shared_dir / SEED), str(tmp_path / "gone.png")]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 2
+    assert result.stderr == f"edged: {tmp_path / 'gone.png'}: no such image file: check the path\n"
+
+
+def test_detect_by_a_name_whose_files_are_not_there_points_at_its_option(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "edged.cli", "detect", "-m", SSH, "--models-dir", str(tmp_path), "x.png"]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"edged: -m: model files of {SSH} not found at {tmp_path}/")
+    assert "pass --models-dir or set $EDGED_MODELS_DIR to the folder that holds them" in result.stderr
+
+
 @pytest.mark.slow
 def test_run_with_two_models_at_once_each_message_names_its_model(
     tmp_path: Path, shared_dir: Path, broker: Mosquitto

@@ -27,6 +27,7 @@ OUTAGE_S = 10.0
 FPS = 10.0
 CAMERAS = ("classroom", "walkway")
 MEDIA = {"classroom": "classroom.mp4", "walkway": "face-demographics-walking.mp4"}
+OUTBOX = 60  # the small outbox: every event of an outage fits, most detections do not
 
 
 def _config(tmp_path: Path, shared_dir: Path, broker: Mosquitto, *, events: bool = False, **mqtt: Any) -> Path:
@@ -85,8 +86,10 @@ def test_with_a_small_outbox_detections_are_dropped_before_events_and_the_count_
 ) -> None:
     broker = broker_factory(persistence=True)
     watcher = subscriber(broker, "edged/+/detections", client_id="gap-watcher", persistent=True)
-    # Face events share the outbox with detections; they go last, so every drop is a detection's.
-    config = _config(tmp_path, shared_dir, broker, events=True, outbox_size=20)
+    # Face events share the outbox with detections; they go last, so every drop is a detection's as long as the
+    # events of the outage fit in the outbox: two cameras make at most ~40 in 10 s (an update a second each, and
+    # new/end pairs at least end_after apart), while their 200 detections overflow it.
+    config = _config(tmp_path, shared_dir, broker, events=True, outbox_size=OUTBOX)
     with EdgedProcess(config, tmp_path / "edged.log") as edged:
         before = _outage(broker, watcher, edged)
         for camera in CAMERAS:
@@ -95,7 +98,7 @@ def test_with_a_small_outbox_detections_are_dropped_before_events_and_the_count_
         assert code == 0, edged.log()
         log = edged.log()
     time.sleep(0.5)
-    assert "MQTT outbox full (20 messages): dropping the oldest" in log
+    assert f"MQTT outbox full ({OUTBOX} messages): dropping the oldest" in log
     reported = int(re.findall(r"(\d+) MQTT messages were dropped", log)[-1])
     missing = 0
     for camera in CAMERAS:

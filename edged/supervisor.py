@@ -21,7 +21,7 @@ from typing import Any
 from edged import health, worker
 from edged.allocator import return_free_memory
 from edged.camera import Camera
-from edged.config import CAMERA_NAME, Config, load_config
+from edged.config import Config, load_config
 from edged.dispatch import Dispatcher
 from edged.errors import EXIT_OK, EXIT_USAGE, ConfigError
 from edged.inference import Engine, Result
@@ -31,6 +31,7 @@ from edged.message import detection_payload
 from edged.nvr import Nvr
 from edged.publish import OFFLINE, Publisher
 from edged.reload import CameraChanges, diff
+from edged.roster import CameraRoster
 from edged.secrets import MqttSecurity
 
 log = logging.getLogger("edged")
@@ -59,6 +60,7 @@ class Supervisor:
         self._config_path = config_path
         self._publisher = Publisher(config.mqtt, security)
         self._nvr = Nvr(config, self._publisher)  # events, snapshots, stats, metrics, discovery, control
+        self._roster = CameraRoster(self._publisher, config.mqtt.qos.status, self._forget)
         self._lifecycle = lifecycle or Lifecycle()
         self._seq: dict[str, int] = {}
         self._errors_logged: set[str] = set()
@@ -88,7 +90,7 @@ class Supervisor:
         for name, engine in self._engines.items():
             self._nvr.add_model(name, self._dispatchers[name], engine.requests)
         self._nvr.start()
-        self._publisher.subscribe(self._status_topic("+"), self._on_retained_status)
+        self._roster.start(self._config.cameras)
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
             self._nvr.create_tasks(tasks)
@@ -240,6 +242,7 @@ class Supervisor:
                 self._forget(name)
                 log.info("camera %s: stopped, removed from the configuration", name)
             self._config = self._config.model_copy(update={"cameras": new.cameras})
+            self._roster.record(self._config.cameras)
             for name in (*changes.added, *changes.changed):
                 self._start_camera(name, new)
         finally:
@@ -279,15 +282,6 @@ class Supervisor:
         """A camera no longer configured: its retained topics go, so later subscribers do not find it."""
         self._nvr.remove_camera(camera)
         self._publisher.clear_retained(self._status_topic(camera))
-
-    def _on_retained_status(self, topic: str, payload: bytes, retained: bool) -> None:
-        """The broker hands over the retained statuses at every connect: one of a camera an earlier run had and
-        this configuration has not is a leftover (a reload deletes them at once, a restart could not)."""
-        camera = topic.removeprefix(f"{self._publisher.prefix}/").removesuffix("/status")
-        if not retained or not payload or camera in self._config.cameras or not CAMERA_NAME.match(camera):
-            return
-        self._forget(camera)
-        log.info("camera %s: not in the configuration any more; deleted its retained topics", camera)
 
     def _on_result(self, result: Result) -> None:
         self._last_result = time.monotonic()

@@ -569,24 +569,30 @@ def test_a_reload_gives_an_added_camera_its_entities_and_takes_a_removed_cameras
 
 
 @pytest.mark.slow
-def test_a_camera_dropped_from_the_config_between_two_runs_leaves_no_retained_topics(
+def test_a_camera_dropped_from_the_config_between_two_runs_leaves_no_retained_topics_and_others_topics_stay(
     tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
 ) -> None:
     both = front_and_back(media_dir)
     config = write_config(tmp_path, shared_dir, broker, both)
     with Subscriber(broker.host, broker.port, "edged/#") as subscriber, edged_running(config) as edged:
         subscriber.wait_for_message("edged/back/faces", where=lambda m: m.payload != b"0", timeout=TIMEOUT)
+        # Another client's retained topic under the same prefix (an edged with prefix edged/garage, say).
+        subscriber.publish("edged/garage/status", "online", retain=True)
+        record = subscriber.wait_for_message("edged/cameras", timeout=TIMEOUT).json()
         assert edged.stop() == 0, edged.log_text()
+    jsonschema.validate(record, schema("cameras-record"))
+    assert record == {"cameras": ["back", "front"]}
     only_front = write_config(tmp_path, shared_dir, broker, {"front": both["front"]})
     with edged_running(only_front) as edged:
-        assert wait_until(lambda: "camera back: not in the configuration" in edged.log_text(), TIMEOUT)
+        assert wait_until(lambda: "cameras no longer configured: back" in edged.log_text(), TIMEOUT)
         assert edged.stop() == 0, edged.log_text()
 
-    with Subscriber(broker.host, broker.port, ["edged/back/#", "edged/front/#"]) as late:
-        late.wait_for(lambda ms: {"edged/front/status", "edged/front/faces"} <= {m.topic for m in ms}, TIMEOUT)
+    with Subscriber(broker.host, broker.port, ["edged/back/#", "edged/front/#", "edged/garage/#"]) as late:
+        late.wait_for(lambda ms: {"edged/front/status", "edged/garage/status"} <= {m.topic for m in ms}, TIMEOUT)
         time.sleep(0.5)  # retained messages arrive at once on subscribing
         assert late.messages("edged/back/#") == []
-        assert {m.topic for m in late.messages("edged/front/#")} >= {"edged/front/detect/state"}
+        assert {"edged/front/faces", "edged/front/detect/state"} <= {m.topic for m in late.messages("edged/front/#")}
+        assert [m.payload for m in late.messages("edged/garage/status")] == [b"online"]
 
 
 def test_a_reload_that_restarts_a_camera_keeps_its_face_count_while_the_face_stays_in_view(

@@ -1,0 +1,62 @@
+"""The cameras edged keeps retained topics for, recorded on the broker so that a later run can tidy up.
+
+A camera's status, face count, snapshot and detection state are retained: the broker keeps them after
+edged stops. A reload that removes a camera deletes them at once; a restart with a camera taken out of
+the file could not, because the new run does not know the old one's cameras. So edged records its
+cameras, retained, on `{prefix}/cameras`; on connect the broker hands over the record the previous run
+left, and the cameras in it that are no longer configured get their topics deleted. Only what edged
+itself recorded is deleted: other clients' topics under the same prefix are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+
+from edged.config import CAMERA_NAME
+from edged.publish import Publisher
+
+log = logging.getLogger("edged")
+
+
+class CameraRoster:
+    def __init__(self, publisher: Publisher, qos: int, forget: Callable[[str], None]) -> None:
+        """`forget(camera)`: delete the retained topics of a camera that is no longer configured."""
+        self._publisher = publisher
+        self._qos = qos
+        self._forget = forget
+        self._cameras: list[str] = []
+        self.topic = f"{publisher.prefix}/cameras"
+
+    def start(self, cameras: Iterable[str]) -> None:
+        """Before the publisher connects: read back the previous record on connect, and record these."""
+        self._publisher.subscribe(self.topic, self._on_record)
+        self.record(cameras)
+
+    def record(self, cameras: Iterable[str]) -> None:
+        """The cameras configured now (at start and after each reload)."""
+        self._cameras = sorted(cameras)
+        self._publisher.set_retained(self.topic, json.dumps({"cameras": self._cameras}).encode(), self._qos)
+
+    def _on_record(self, topic: str, payload: bytes, retained: bool) -> None:
+        if not retained or not payload:
+            return  # our own record coming back live, or none was ever kept
+        try:
+            recorded = json.loads(payload)["cameras"]
+            if not isinstance(recorded, list) or not all(_camera_name(name) for name in recorded):
+                raise ValueError(recorded)
+        except (ValueError, KeyError, TypeError):
+            # Anyone who can publish to the broker can write this record: trusted no further than names edged
+            # itself could have written (no wildcards, no topic levels of its own).
+            log.warning("ignored an unreadable record of cameras on %s; no retained topics deleted", topic)
+            return
+        leftovers = sorted(set(recorded) - set(self._cameras))
+        for camera in leftovers:
+            self._forget(camera)
+        if leftovers:
+            log.info("deleted the retained topics of cameras no longer configured: %s", ", ".join(leftovers))
+
+
+def _camera_name(name: object) -> bool:
+    return isinstance(name, str) and CAMERA_NAME.fullmatch(name) is not None

@@ -10,8 +10,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import cv2
 
@@ -137,16 +138,18 @@ def _validated(path: Path) -> tuple[Config, MqttSecurity]:
     REDACTOR.add_secret(security.password)  # from here on no log line can show it
     core = ov.Core()
     for name, spec in config.model_specs().items():
-        given = config.models[name]
-        try:
-            read_model(spec, core)
-        except ModelError as error:
-            raise ModelError(f"{path}: {config.model_key(name, 'path' if given.path else 'name')}: {error}") from None
-        try:
-            check_device(spec, core)
-        except ModelError as error:
-            raise ModelError(f"{path}: {config.model_key(name, 'device')}: {error}") from None
+        where = f"{path}: {config.model_key(name, 'path' if config.models[name].path else 'name')}"
+        _naming(where, read_model, spec, core)
+        _naming(f"{path}: {config.model_key(name, 'device')}", check_device, spec, core)
     return config, security
+
+
+def _naming(where: str, check: Callable[[ModelSpec, Any], object], spec: ModelSpec, core: Any) -> None:
+    """Run a model check; its error names the config file and key it came from."""
+    try:
+        check(spec, core)
+    except ModelError as error:
+        raise ModelError(f"{where}: {error}") from None
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -186,7 +189,7 @@ def _detect(args: argparse.Namespace) -> int:
     spec = _model_spec(args)
     missing = [str(path) for path in args.images if not path.is_file()]
     if missing:  # before the model is compiled: that takes a while
-        raise EdgedError(f"{', '.join(missing)}: no such image file: check the path")
+        raise EdgedError(f"{', '.join(missing)}: no such image file{'s' * (len(missing) > 1)}: check the path")
     engine = Engine(spec)
     results = []
     for path in args.images:

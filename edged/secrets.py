@@ -36,10 +36,11 @@ def mqtt_password(config: MqttConfig, environ: Mapping[str, str], source: Path |
     try:
         # A file we are handed by systemd: a read error is a deployment error worth stopping for.
         credential = systemd.credential(config.credential)
-    except OSError as error:
+    except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(
             f"{source}: mqtt.credential: cannot read systemd credential {config.credential!r} "
-            f"({error.strerror or type(error).__name__}): check LoadCredential= in the unit"
+            f"({getattr(error, 'strerror', None) or type(error).__name__}): check LoadCredential= in the unit "
+            "and that the file is UTF-8 text"
         ) from None
     if credential is None:
         return None

@@ -10,9 +10,10 @@ import difflib
 import os
 import re
 import socket
+import types
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
@@ -533,8 +534,14 @@ def _existing_file(path: Path, missing: str) -> Path:
     raise ValueError(missing)
 
 
-# What to give instead, by the kind of value pydantic could not use (its error types' prefixes).
-_WANTED = {"int": "give a whole number", "float": "give a number", "bool": "give true or false", "string": "give text"}
+# What to give instead, by the kind of value pydantic could not use (its error types).
+_WANTED = {
+    **dict.fromkeys(("int_type", "int_parsing", "int_from_float"), "give a whole number"),
+    **dict.fromkeys(("float_type", "float_parsing"), "give a number"),
+    **dict.fromkeys(("bool_type", "bool_parsing"), "give true or false"),
+    "string_type": "give text",
+    "string_too_short": "it must not be empty",
+}
 
 
 def _describe(path: Path, error: ValidationError) -> str:
@@ -560,7 +567,7 @@ def _describe(path: Path, error: ValidationError) -> str:
             message = "required key is missing"
         elif kind == "too_short" and isinstance(item.get("input"), dict):
             message = "is empty: configure at least one"
-        elif (wanted := _WANTED.get(kind.partition("_")[0])) is not None:
+        elif (wanted := _WANTED.get(kind)) is not None:
             message = f"{message}: {wanted}"
         value = item.get("input")
         shown = "" if kind in ("missing", "extra_forbidden") or isinstance(value, dict) else f" (got {value!r})"
@@ -571,14 +578,41 @@ def _describe(path: Path, error: ValidationError) -> str:
 
 
 def _misspellings(items: list[Any]) -> dict[tuple[Any, ...], str]:
-    """Unknown key's location -> the missing key beside it that it resembles (`ulr` -> `url`)."""
-    missing = {tuple(item["loc"]) for item in items if item["type"] == "missing"}
+    """Unknown key's location -> the key of the schema at that place it resembles (`ulr` -> `url`)."""
     found = {}
     for item in items:
         if item["type"] != "extra_forbidden" or not item["loc"]:
             continue
         *parent, key = item["loc"]
-        beside = [str(loc[-1]) for loc in missing if list(loc[:-1]) == parent]
-        if close := difflib.get_close_matches(str(key), beside, n=1, cutoff=0.6):
+        if close := difflib.get_close_matches(str(key), _keys_at(tuple(parent)), n=1, cutoff=0.6):
             found[tuple(item["loc"])] = close[0]
     return found
+
+
+def _keys_at(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the schema allows inside the mapping at `loc` (say `cameras.door`): walks Config's fields."""
+    node: Any = Config
+    for part in loc:
+        node = _unwrapped(node)
+        if isinstance(node, type) and issubclass(node, BaseModel) and str(part) in node.model_fields:
+            node = node.model_fields[str(part)].annotation
+        elif get_origin(node) is dict:  # cameras, models: the part is a name the user chose
+            node = get_args(node)[1]
+        else:
+            return []
+    node = _unwrapped(node)
+    return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
+
+
+def _unwrapped(annotation: Any) -> Any:
+    """`Annotated[X, ...]` and `X | None` as X."""
+    while True:
+        if get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+        elif get_origin(annotation) in (Union, types.UnionType):
+            options = [arg for arg in get_args(annotation) if arg is not type(None)]
+            if len(options) != 1:
+                return annotation
+            annotation = options[0]
+        else:
+            return annotation

@@ -25,7 +25,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
@@ -181,21 +181,24 @@ class Publisher:
         `online` from a process that is gone."""
         if (client := self._session_client) is None:
             return
-        # In order on the wire (each send queues its PUBLISH when it first runs): the states, then `offline`.
-        sends = [asyncio.ensure_future(self._send(client, message)) for message in (*self._lapsed(), self._goodbye)]
+        # QoS 0: paho writes it at once, so TCP puts it ahead of the DISCONNECT; at QoS 1 paho would hold it back
+        # while its in-flight window is full (after a crash, of sends nobody waits for any more). `offline` first:
+        # every subscriber's view of edged hangs on it.
+        last_words = (replace(self._goodbye, qos=0), *self._lapsed())
+        sends = [asyncio.ensure_future(self._send(client, message)) for message in last_words]
         try:
             await asyncio.wait(sends, timeout=OFFLINE_GRACE_S)
         finally:
             for send in sends:
                 if not send.done():
-                    send.cancel()  # not acknowledged yet, but its PUBLISH is queued before the DISCONNECT
+                    send.cancel()  # not written yet: the DISCONNECT follows it on the socket all the same
                 elif not send.cancelled() and (error := send.exception()) is not None:
                     log.debug("MQTT: a last status could not be sent at shutdown: %s", error)
 
     def _lapsed(self) -> list[Message]:
         """The retained states whose lapsed value the broker may not hold yet."""
         return [
-            Message(topic, payload, current.qos, True)
+            Message(topic, payload, 0, True)
             for topic, payload in self._lapses.items()
             if (current := self._retained.get(topic)) is not None  # gone: a topic the broker refused
             and (current.payload != payload or topic in self._unsent_retained)

@@ -116,6 +116,29 @@ async def test_offline_is_retained_when_edged_goes_down_without_closing_the_publ
     assert status.payload == b"offline"
 
 
+async def test_offline_is_retained_after_a_crash_while_the_in_flight_window_waits_for_a_stalled_broker(
+    broker: Mosquitto, subscriber: Any
+) -> None:
+    publisher = Publisher(MqttConfig(host=broker.host, port=broker.port, client_id="full-window", inflight=1))
+    running = asyncio.create_task(publisher.run())
+    await asyncio.wait_for(publisher.connected.wait(), 10)
+    await asyncio.sleep(0.3)
+    assert broker.pid is not None
+    os.kill(broker.pid, signal.SIGSTOP)  # no acknowledgement comes back: the one in-flight slot stays taken
+    try:
+        for seq in range(3):
+            publisher.publish("edged/door/events", bytes([seq]), 1)
+        await asyncio.sleep(0.3)
+        running.cancel()  # a crash elsewhere in edged
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
+    watcher = subscriber(broker, "edged/status")
+    status = await asyncio.to_thread(watcher.wait_for_message, "edged/status", None, 5)
+    assert status.payload == b"offline"
+
+
 async def test_camera_statuses_go_offline_with_edged_when_it_goes_down_without_closing_the_publisher(
     broker: Mosquitto, subscriber: Any
 ) -> None:

@@ -357,7 +357,8 @@ def probe_file(camera: str, config: CameraConfig) -> str | None:
     """For `edged check`: why a camera that reads a file would fail at its first frame, or None if it reads one.
 
     Only files: a stream or a device is not there yet or is in use by a running edged, and a check must not
-    take it over. The answer is the very line `edged run` would log for that camera."""
+    take it over. The answer is the line `edged run` would log for that camera; a file without a single frame,
+    which `run` would just play to its end, is named as such."""
     if config.kind not in ("video", "image"):
         return None
     try:

@@ -117,7 +117,9 @@ def yaml_with(*, top: str = "", model: str = "", camera: str = "", url: str = "{
 REJECTIONS = [
     # (case, config text, fragment the message must contain)
     ("unknown top-level key", yaml_with(top="mqttt: {{}}\n"), "mqttt: unknown key"),
-    ("unknown camera key", yaml_with(camera="    fsp: 5\n"), "cameras.d.fsp: unknown key"),
+    ("unknown camera key", yaml_with(camera="    fsp: 5\n"), "cameras.d.fsp: unknown key: did you mean fps?"),
+    ("misspelt mqtt key", yaml_with(top="mqtt:\n  topic_prefx: x\n"), "mqtt.topic_prefx: unknown key: did you mean"),
+    ("empty url", yaml_with(url='""'), "cameras.d.url: String should have at least 1 character: it must not be"),
     ("wrong type", yaml_with(camera="    fps: fast\n"), "cameras.d.fps: Input should be a valid number, unable to"),
     ("wrong type says what to give", yaml_with(camera="    fps: fast\n"), "number: give a number (got 'fast')"),
     ("negative fps", yaml_with(camera="    fps: -3\n"), "cameras.d.fps"),

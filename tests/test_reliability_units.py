@@ -159,13 +159,14 @@ def test_a_user_without_a_credential_connects_without_a_password(
         ("file-missing", "mqtt.password_file:"),
         ("file-empty", "is empty: write the broker password into it"),
         ("credential-empty", "c: mqtt.credential: systemd credential 'mqtt-password' is empty: write the broker"),
+        ("credential-not-utf8", "c: mqtt.credential: cannot read systemd credential 'mqtt-password' \\(Unicode"),
     ],
 )
 def test_password_source_errors_name_the_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setup: str, expected: str
 ) -> None:
     (tmp_path / "empty").write_text("\n")
-    (tmp_path / "mqtt-password").write_text("\n")
+    (tmp_path / "mqtt-password").write_bytes(b"\xff\xfe\n" if setup == "credential-not-utf8" else b"\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     config = {
         "env-unset": MqttConfig(username="u", password_env="PW"),
@@ -178,6 +179,7 @@ def test_password_source_errors_name_the_key(
         ),
         "file-empty": MqttConfig(username="u", password_file=tmp_path / "empty"),
         "credential-empty": MqttConfig(username="u"),
+        "credential-not-utf8": MqttConfig(username="u"),
     }[setup]
     with pytest.raises(ConfigError, match=expected):
         mqtt_password(config, {}, "c")

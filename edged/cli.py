@@ -209,7 +209,7 @@ def _detect(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from edged.bench.reference import BenchmarkError
-    from edged.bench.suite import BenchOptions, format_summary, format_table, repeated_json, run_suite
+    from edged.bench.suite import BenchOptions, BenchReport, format_summary, format_table, repeated_json, run_suite
 
     scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
     unknown = set(scenarios) - set(SCENARIOS)
@@ -228,19 +228,20 @@ def _bench(args: argparse.Namespace) -> int:
         args.model.resolve(), args.media.resolve(), args.cameras, args.seconds, scenarios,
         not args.no_references, mqtt, args.soak, args.requests,
     )  # fmt: skip
-    reports = []
+    reports: list[BenchReport] = []
     for number in range(1, args.repeat + 1):
         label = f"bench {number}/{args.repeat}" if args.repeat > 1 else "bench"
         try:
             report = run_suite(options, functools.partial(_progress, label))
         except BenchmarkError as error:
-            raise EdgedError(f"bench: {error}") from None
+            kept = f" (the {len(reports)} done are in {args.json})" if reports and args.json else ""
+            raise EdgedError(f"{label}: {error}{kept}") from None
         print(format_table(report), flush=True)  # each run as soon as it is done: a long series shows progress
         reports.append(report)
+        if args.json:  # after each: a failure later in a long series keeps what was measured
+            args.json.write_text(report.to_json() if args.repeat == 1 else repeated_json(reports))
     if len(reports) > 1:
         print(format_summary(reports))
-    if args.json:
-        args.json.write_text(reports[0].to_json() if len(reports) == 1 else repeated_json(reports))
     return EXIT_OK
 
 

@@ -218,6 +218,9 @@ def test_check_reads_the_first_frame_of_each_file_camera_and_names_each_that_fai
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_text("not a video\n")
     text = minimal(seed_model, clip) + f"  renamed:\n    url: {renamed}\n  corrupt:\n    url: {corrupt}\n"
+    garbled = tmp_path / "garbled.png"
+    garbled.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    text += f"  garbled:\n    url: {garbled}\n"
     text += "  lobby:\n    url: rtsp://127.0.0.1:9/none\n"  # a stream is not probed: it may not be up yet
     path = write(tmp_path, text)
 
@@ -225,9 +228,10 @@ def test_check_reads_the_first_frame_of_each_file_camera_and_names_each_that_fai
 
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 2, result.stderr
+    assert len(lines) == 3, result.stderr
     assert lines[0].startswith(f"edged: {path}: camera renamed: {renamed} holds an image (PNG), not a video")
     assert lines[1].startswith(f"edged: {path}: camera corrupt: ")
+    assert lines[2].startswith(f"edged: {path}: camera garbled: {garbled} is not a readable image")
     assert "Traceback" not in result.stderr
 
 

@@ -39,6 +39,7 @@ def test_an_event_starts_on_the_min_frames_th_consecutive_frame_with_a_face_date
     assert new.type == "new"
     assert new.camera == "door"
     assert new.start_time == 10.1  # when the face was first seen, not when it was confirmed
+    assert new.id == "door-10100"
     assert new.end_time is None
     assert new.faces == 2
     assert new.top_score == np.float32(0.9)
@@ -134,3 +135,9 @@ def test_an_events_id_is_its_start_time_in_milliseconds_as_published() -> None:
     [new] = feed(tracker, "door", [(1796002442.0729, faces(0.9))])  # truncating would give ...072
     published = json.loads(new.payload())
     assert published["id"] == f"door-{round(published['start_time'] * 1000)}"
+
+
+def test_a_streak_broken_by_a_gap_dates_the_event_from_the_face_seen_after_the_gap() -> None:
+    tracker = EventTracker(min_frames=2, end_after=2.0)
+    [new] = feed(tracker, "door", [(10.0, faces(0.8)), (13.0, faces(0.8)), (13.1, faces(0.8))])
+    assert new.start_time == 13.0  # 10.0 was too long ago to count towards this streak

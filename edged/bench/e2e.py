@@ -49,6 +49,7 @@ class RunResult:
     per_camera_fps: dict[str, float]
     latency_ms: list[float] = field(repr=False)
     cpu_seconds: float
+    steal_seconds: float
     rss_samples: list[int] = field(repr=False)  # RSS every RSS_SAMPLE_S over the window
     rss_peak: int
     frames_skipped: int
@@ -72,6 +73,11 @@ class RunResult:
     @property
     def cpu_percent(self) -> float:
         return 100 * self.cpu_seconds / self.seconds
+
+    @property
+    def steal_percent(self) -> float:
+        """Of one core, like cpu_percent: 20 on a 2-core machine means a tenth of it was taken away."""
+        return 100 * self.steal_seconds / self.seconds
 
     @property
     def rss_growth(self) -> float:
@@ -102,6 +108,7 @@ class RunResult:
             "latency_ms": {"p50": self.percentile(0.5), "p99": self.percentile(0.99), "samples": len(self.latency_ms)},
             "cpu_ms_per_frame": round(self.cpu_ms_per_frame, 2),
             "cpu_percent": round(self.cpu_percent, 1),
+            "steal_percent": round(self.steal_percent, 1),
             "rss_mb": {
                 "start": round(self.rss_samples[0] / 2**20, 1),
                 "end": round(self.rss_samples[-1] / 2**20, 1),
@@ -335,13 +342,22 @@ class _Sample:
     wall: float
     cpu: float
     rss: int
+    steal: float  # CPU seconds the hypervisor gave other guests instead of this machine, all cores
 
 
 def _sample(pid: int) -> _Sample:
-    """Wall clock, CPU seconds (all threads, user + system) and resident memory of a process."""
+    """Wall clock, CPU seconds (all threads, user + system) and resident memory of a process, and the steal."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (after the comm field)
-    return _Sample(time.monotonic(), cpu, _status_kb(pid, "VmRSS") * 1024)
+    return _Sample(time.monotonic(), cpu, _status_kb(pid, "VmRSS") * 1024, _steal_seconds())
+
+
+def _steal_seconds() -> float:
+    """On a shared virtual machine the cores are not always ours: the steal column of /proc/stat counts the
+    time they were not (0 on bare metal). A run during which it grows measured a slower machine."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        fields = stat.readline().split()  # cpu user nice system idle iowait irq softirq steal ...
+    return int(fields[8]) / CLOCK_TICKS if len(fields) > 8 else 0.0
 
 
 async def _rss_over(pid: int, seconds: float) -> list[int]:
@@ -393,6 +409,7 @@ def _result(
         per_camera_fps=per_camera,
         latency_ms=[latency for _, latency in window],
         cpu_seconds=end.cpu - start.cpu,
+        steal_seconds=end.steal - start.steal,
         rss_samples=rss_samples,
         rss_peak=peak,
         frames_skipped=sum(int(c.get("frames_skipped", 0)) for c in camera_stats.values()),

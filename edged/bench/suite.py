@@ -278,14 +278,15 @@ def format_table(report: BenchReport) -> str:
     if report.runs:
         lines += [
             "",
-            "edged run      cams     fps  p50 ms  p99 ms  cpu ms/frame  cpu %  skipped  peak RSS MB"
+            "edged run      cams     fps  p50 ms  p99 ms  cpu ms/frame  cpu %  steal %  skipped  peak RSS MB"
             "  RSS growth  fairness",
         ]
         for name, run in report.runs.items():
             latency = run["latency_ms"]
             lines.append(
                 f"{name:14} {run['cameras']:4} {run['fps']:7.1f} {latency['p50']:7.1f} {latency['p99']:7.1f}"
-                f" {run['cpu_ms_per_frame']:13.2f} {run['cpu_percent']:6.1f} {run['frames_skipped']:8}"
+                f" {run['cpu_ms_per_frame']:13.2f} {run['cpu_percent']:6.1f} {run['steal_percent']:8.1f}"
+                f" {run['frames_skipped']:8}"
                 f" {run['rss_mb']['peak']:12.1f} {100 * run['rss_growth']:+9.1f} %  ±{100 * run['fairness']:.1f} %"
             )
     if report.ratios:

@@ -161,7 +161,7 @@ CASES = [
     Case("config-not-yaml", _raw("cameras: [unclosed\n"), "not valid YAML: line", True),
     Case("config-empty", _raw(""), "the config file is empty", True),
     Case("config-not-a-mapping", _raw("- just\n- a list\n"), "must be a mapping of keys", True),
-    Case("unknown-key", _set("camers", {}), "camers: unknown key: check its spelling", True),
+    Case("unknown-key", _set("camers", {}), "camers: unknown key: did you mean cameras? check its spelling", True),
     Case("wrong-type", _set("cameras.good.fps", "fast"), "cameras.good.fps: Input should be a valid number", True),
     Case("duplicate-camera-names", _duplicate_camera, "duplicate key 'good': each key may appear once", True),
     Case("camera-named-on", _camera_named_on, "cameras: YAML reads the name 'true' as a yes/no value", True),

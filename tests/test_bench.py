@@ -8,19 +8,19 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edged.bench.suite import BenchReport, format_table
 
 
-@pytest.mark.slow
-def test_bench_measures_edged_end_to_end_and_writes_json(tmp_path: Path, shared_dir: Path) -> None:
+def _bench(tmp_path: Path, shared_dir: Path, *options: str) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """`edged bench` on one camera of a small clip, without references; its output and its JSON report."""
     report = tmp_path / "bench.json"
     command = [
-        sys.executable, "-m", "edged.cli", "bench", "--cameras", "1", "--seconds", "1.5",
-        "--media", str(shared_dir / "media/classroom.mp4"), "--scenarios", "max,idle", "--no-references",
-        "--json", str(report),
+        sys.executable, "-m", "edged.cli", "bench", "--cameras", "1", "--no-references", "--json", str(report),
+        "--media", str(shared_dir / "media/classroom.mp4"), *options,
     ]  # fmt: skip
     result = subprocess.run(
         command,
@@ -30,10 +30,15 @@ def test_bench_measures_edged_end_to_end_and_writes_json(tmp_path: Path, shared_
         timeout=240,
         env={**os.environ, "EDGED_TEST_DATA": str(shared_dir)},
     )
-
     assert result.returncode == 0, result.stderr
+    return result, json.loads(report.read_text())
+
+
+@pytest.mark.slow
+def test_bench_measures_edged_end_to_end_and_writes_json(tmp_path: Path, shared_dir: Path) -> None:
+    result, figures = _bench(tmp_path, shared_dir, "--seconds", "1.5", "--scenarios", "max,idle")
+
     assert "edged run" in result.stdout and "max" in result.stdout
-    figures = json.loads(report.read_text())
     assert figures["runs"]["max"]["fps"] > 0
     assert figures["runs"]["max"]["latency_ms"]["samples"] > 0
     assert figures["runs"]["idle"]["fps"] == 0
@@ -42,25 +47,10 @@ def test_bench_measures_edged_end_to_end_and_writes_json(tmp_path: Path, shared_
 
 @pytest.mark.slow
 def test_a_repeated_bench_reports_each_bench_and_the_medians(tmp_path: Path, shared_dir: Path) -> None:
-    report = tmp_path / "bench.json"
-    command = [
-        sys.executable, "-m", "edged.cli", "bench", "--cameras", "1", "--seconds", "1", "--repeat", "2",
-        "--media", str(shared_dir / "media/classroom.mp4"), "--scenarios", "max", "--no-references",
-        "--json", str(report),
-    ]  # fmt: skip
-    result = subprocess.run(
-        command,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env={**os.environ, "EDGED_TEST_DATA": str(shared_dir)},
-    )
+    result, figures = _bench(tmp_path, shared_dir, "--seconds", "1", "--repeat", "2", "--scenarios", "max")
 
-    assert result.returncode == 0, result.stderr
     assert result.stdout.count("edged run") == 2 and "over 2 benches" in result.stdout
     assert "bench 2/2: edged end to end: max ..." in result.stderr
-    figures = json.loads(report.read_text())
     fps = [bench["runs"]["max"]["fps"] for bench in figures["benches"]]
     assert len(fps) == 2 and all(value > 0 for value in fps)
     expected = {"median": sum(fps) / 2, "min": min(fps), "max": max(fps)}

@@ -30,9 +30,7 @@ async def _connected_publisher(
         yield publisher, running
     finally:
         await publisher.close(2)
-        running.cancel()  # as the supervisor does once close() has flushed what it could
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
+        await _gone(running)  # as the supervisor does once close() has flushed what it could
 
 
 @pytest.mark.parametrize("qos", [0, 1])
@@ -76,13 +74,27 @@ async def test_messages_the_socket_cannot_take_while_the_broker_is_stalled_follo
         assert all(len(message.payload) == LARGE for message in received)
 
 
-async def _online(broker: Mosquitto, client_id: str) -> tuple[Publisher, asyncio.Task[None]]:
+async def _online(broker: Mosquitto, client_id: str, **mqtt: Any) -> tuple[Publisher, asyncio.Task[None]]:
     """A running publisher whose retained `online` the broker has acknowledged."""
-    publisher = Publisher(MqttConfig(host=broker.host, port=broker.port, client_id=client_id))
+    publisher = Publisher(MqttConfig(host=broker.host, port=broker.port, client_id=client_id, **mqtt))
     running = asyncio.create_task(publisher.run())
     await asyncio.wait_for(publisher.connected.wait(), 10)
     await asyncio.sleep(0.3)
     return publisher, running
+
+
+async def _gone(running: asyncio.Task[None]) -> None:
+    """Cancel the publisher's task, as the TaskGroup does when another task of edged crashes (or, after
+    close(), as the supervisor does): aiomqtt then disconnects cleanly, which drops the will."""
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+
+
+async def _retained_status(broker: Mosquitto, subscriber: Any) -> bytes:
+    """What a subscriber arriving now is told on edged/status."""
+    watcher = subscriber(broker, "edged/status")
+    return bytes((await asyncio.to_thread(watcher.wait_for_message, "edged/status", None, 5)).payload)
 
 
 async def test_offline_is_retained_even_when_the_broker_stalls_through_the_final_flush(
@@ -94,49 +106,34 @@ async def test_offline_is_retained_even_when_the_broker_stalls_through_the_final
     try:
         publisher.publish("edged/door/events", b"last words", 1)
         await publisher.close(0.5)  # the flush times out: nothing is acknowledged
-        running.cancel()  # as the supervisor does: aiomqtt then disconnects cleanly, which drops the will
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
+        await _gone(running)
     finally:
         os.kill(broker.pid, signal.SIGCONT)
-    watcher = subscriber(broker, "edged/status")
-    status = await asyncio.to_thread(watcher.wait_for_message, "edged/status", None, 5)
-    assert status.payload == b"offline"
+    assert await _retained_status(broker, subscriber) == b"offline"
 
 
 async def test_offline_is_retained_when_edged_goes_down_without_closing_the_publisher(
     broker: Mosquitto, subscriber: Any
 ) -> None:
     _, running = await _online(broker, "crashing")
-    running.cancel()  # what the TaskGroup does to the publisher when another task of edged crashes
-    with contextlib.suppress(asyncio.CancelledError):
-        await running
-    watcher = subscriber(broker, "edged/status")
-    status = await asyncio.to_thread(watcher.wait_for_message, "edged/status", None, 5)
-    assert status.payload == b"offline"
+    await _gone(running)
+    assert await _retained_status(broker, subscriber) == b"offline"
 
 
 async def test_offline_is_retained_after_a_crash_while_the_in_flight_window_waits_for_a_stalled_broker(
     broker: Mosquitto, subscriber: Any
 ) -> None:
-    publisher = Publisher(MqttConfig(host=broker.host, port=broker.port, client_id="full-window", inflight=1))
-    running = asyncio.create_task(publisher.run())
-    await asyncio.wait_for(publisher.connected.wait(), 10)
-    await asyncio.sleep(0.3)
+    publisher, running = await _online(broker, "full-window", inflight=1)
     assert broker.pid is not None
     os.kill(broker.pid, signal.SIGSTOP)  # no acknowledgement comes back: the one in-flight slot stays taken
     try:
         for seq in range(3):
             publisher.publish("edged/door/events", bytes([seq]), 1)
         await asyncio.sleep(0.3)
-        running.cancel()  # a crash elsewhere in edged
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
+        await _gone(running)
     finally:
         os.kill(broker.pid, signal.SIGCONT)
-    watcher = subscriber(broker, "edged/status")
-    status = await asyncio.to_thread(watcher.wait_for_message, "edged/status", None, 5)
-    assert status.payload == b"offline"
+    assert await _retained_status(broker, subscriber) == b"offline"
 
 
 async def test_camera_statuses_go_offline_with_edged_when_it_goes_down_without_closing_the_publisher(
@@ -146,9 +143,7 @@ async def test_camera_statuses_go_offline_with_edged_when_it_goes_down_without_c
     publisher.set_retained("edged/door/status", b"online", lapses_to=b"offline")
     publisher.set_retained("edged/yard/status", b"offline", lapses_to=b"offline")
     await asyncio.sleep(0.3)
-    running.cancel()  # what the TaskGroup does to the publisher when another task of edged crashes
-    with contextlib.suppress(asyncio.CancelledError):
-        await running
+    await _gone(running)
     watcher = subscriber(broker, "edged/#")  # what a subscriber arriving afterwards is told
     statuses = await asyncio.to_thread(watcher.wait_for, lambda ms: len({m.topic for m in ms}) == 3, 5)
     assert {m.topic: m.payload for m in statuses} == {

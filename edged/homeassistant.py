@@ -25,9 +25,10 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from edged.config import CAMERA_NAME, HomeAssistantConfig, plain_topic
+from edged.config import HomeAssistantConfig, plain_topic
 from edged.logs import counted
 from edged.publish import Publisher
+from edged.roster import recorded_cameras
 
 log = logging.getLogger("edged.homeassistant")
 
@@ -173,12 +174,10 @@ class HomeAssistantDiscovery:
             return  # our own record coming back live, or none was ever kept
         try:
             record = json.loads(payload)
-            announced = [_checked(CAMERA_NAME, camera) for camera in record["cameras"]]
+            announced = recorded_cameras(record)
             old_prefix = plain_topic(_text(record["discovery_prefix"]))
             old_node = _checked(_NODE_ID, record["node_id"])
-        except (ValueError, KeyError, TypeError):
-            # Anyone who can publish to the broker can write this record: it is trusted no further than
-            # names edged itself could have written (no wildcards, no topic levels of its own).
+        except (ValueError, KeyError, TypeError):  # anyone who can publish to the broker can write it
             log.warning("Home Assistant: ignored an unreadable record on %s; no entities removed", topic)
             return
         keep = set(self._cameras) if (old_prefix, old_node) == (self._config.discovery_prefix, self._node) else set()

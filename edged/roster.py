@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from edged.config import CAMERA_NAME
 from edged.publish import Publisher
@@ -43,12 +44,8 @@ class CameraRoster:
         if not retained or not payload:
             return  # our own record coming back live, or none was ever kept
         try:
-            recorded = json.loads(payload)["cameras"]
-            if not isinstance(recorded, list) or not all(_camera_name(name) for name in recorded):
-                raise ValueError(recorded)
+            recorded = recorded_cameras(json.loads(payload))
         except (ValueError, KeyError, TypeError):
-            # Anyone who can publish to the broker can write this record: trusted no further than names edged
-            # itself could have written (no wildcards, no topic levels of its own).
             log.warning("ignored an unreadable record of cameras on %s; no retained topics deleted", topic)
             return
         leftovers = sorted(set(recorded) - set(self._cameras))
@@ -58,5 +55,16 @@ class CameraRoster:
             log.info("deleted the retained topics of cameras no longer configured: %s", ", ".join(leftovers))
 
 
-def _camera_name(name: object) -> bool:
-    return isinstance(name, str) and CAMERA_NAME.fullmatch(name) is not None
+def recorded_cameras(record: Any) -> list[str]:
+    """The cameras of a record read back from the broker (this one, or Home Assistant discovery's).
+
+    Anyone who can publish to the broker can write a record: it is trusted no further than names edged itself
+    could have written (no wildcards, no topic levels of its own). Anything else raises ValueError, KeyError or
+    TypeError."""
+    cameras = record["cameras"]
+    names_edged_writes = isinstance(cameras, list) and all(
+        isinstance(name, str) and CAMERA_NAME.fullmatch(name) for name in cameras
+    )
+    if not names_edged_writes:
+        raise ValueError(f"not camera names edged writes: {cameras!r}")
+    return list(cameras)

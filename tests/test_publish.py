@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -58,17 +56,13 @@ async def test_messages_the_socket_cannot_take_while_the_broker_is_stalled_follo
     broker: Mosquitto, subscriber: Any, qos: int
 ) -> None:
     watcher = subscriber(broker, "edged/big/detections", qos=1)
-    assert broker.pid is not None
     async with _connected_publisher(broker, "stalled-reader", inflight=20) as (publisher, _):
-        os.kill(broker.pid, signal.SIGSTOP)  # the broker stops reading: the socket fills up
-        try:
+        with broker.paused():  # the broker stops reading: the socket fills up
             for seq in range(64):
                 publisher.publish("edged/big/detections", seq.to_bytes(4, "big") * (LARGE // 4), qos)
                 await asyncio.sleep(0)
             await asyncio.sleep(1)
             assert publisher.outbox_depth > 0  # the rest waits in edged's own bounded outbox
-        finally:
-            os.kill(broker.pid, signal.SIGCONT)
         received = await asyncio.to_thread(watcher.wait_for_count, "edged/big/detections", 64, 15)
         assert [int.from_bytes(message.payload[:4], "big") for message in received] == list(range(64))
         assert all(len(message.payload) == LARGE for message in received)
@@ -101,14 +95,10 @@ async def test_offline_is_retained_even_when_the_broker_stalls_through_the_final
     broker: Mosquitto, subscriber: Any
 ) -> None:
     publisher, running = await _online(broker, "stalled")
-    assert broker.pid is not None
-    os.kill(broker.pid, signal.SIGSTOP)  # the broker hangs just as edged stops
-    try:
+    with broker.paused():  # the broker hangs just as edged stops
         publisher.publish("edged/door/events", b"last words", 1)
         await publisher.close(0.5)  # the flush times out: nothing is acknowledged
         await _gone(running)
-    finally:
-        os.kill(broker.pid, signal.SIGCONT)
     assert await _retained_status(broker, subscriber) == b"offline"
 
 
@@ -124,15 +114,11 @@ async def test_offline_is_retained_after_a_crash_while_the_in_flight_window_wait
     broker: Mosquitto, subscriber: Any
 ) -> None:
     publisher, running = await _online(broker, "full-window", inflight=1)
-    assert broker.pid is not None
-    os.kill(broker.pid, signal.SIGSTOP)  # no acknowledgement comes back: the one in-flight slot stays taken
-    try:
+    with broker.paused():  # no acknowledgement comes back: the one in-flight slot stays taken
         for seq in range(3):
             publisher.publish("edged/door/events", bytes([seq]), 1)
         await asyncio.sleep(0.3)
         await _gone(running)
-    finally:
-        os.kill(broker.pid, signal.SIGCONT)
     assert await _retained_status(broker, subscriber) == b"offline"
 
 

@@ -7,12 +7,13 @@ the same code paths as production (reconnects, TLS, authentication, frame pacing
 from __future__ import annotations
 
 import atexit
+import contextlib
 import signal
 import socket
 import subprocess
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -83,6 +84,7 @@ class ServerProcess:
     """
 
     _process: subprocess.Popen[bytes] | None = None
+    _paused = False
 
     @property
     def running(self) -> bool:
@@ -118,8 +120,35 @@ class ServerProcess:
             process.kill()
             process.wait()
 
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): the kernel still accepts connections and buffers what clients send,
+        but nothing is read or answered (a hung camera, a broker that stopped reading)."""
+        if self.running and not self._paused:
+            assert self._process is not None
+            self._process.send_signal(signal.SIGSTOP)
+            self._paused = True
+
+    def resume(self) -> None:
+        if self.running and self._paused:
+            assert self._process is not None
+            self._process.send_signal(signal.SIGCONT)
+        self._paused = False
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Frozen for the block, thawed however it ends."""
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
+
     def _signalled(self, process: subprocess.Popen[bytes]) -> None:
         """After the stop signal was sent, before waiting for the process to end."""
+        if self._paused:
+            # A stopped process only acts on SIGTERM once it runs again.
+            process.send_signal(signal.SIGCONT)
+            self._paused = False
 
     def __enter__(self) -> Self:
         self.start()

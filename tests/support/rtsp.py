@@ -86,18 +86,6 @@ class RtspServer(ServerProcess):
             time.sleep(downtime)
         self.start()
 
-    def pause(self) -> None:
-        if self.running and not self._paused:
-            assert self._process is not None
-            self._process.send_signal(signal.SIGSTOP)
-            self._paused = True
-
-    def resume(self) -> None:
-        if self.running and self._paused:
-            assert self._process is not None
-            self._process.send_signal(signal.SIGCONT)
-        self._paused = False
-
     def close(self) -> None:
         self.kill()
         shutil.rmtree(self._workdir, ignore_errors=True)
@@ -142,9 +130,3 @@ class RtspServer(ServerProcess):
         if len(line) == 2 and line[0] == "READY":
             return int(line[1])
         return None
-
-    def _signalled(self, process: subprocess.Popen[bytes]) -> None:
-        if self._paused:
-            # A stopped process only acts on SIGTERM once it runs again.
-            process.send_signal(signal.SIGCONT)
-            self._paused = False

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from edged.backoff import Retry
 from edged.config import CameraConfig
 from edged.frame import Frame, FrameSlot, Image
-from edged.sources import Source, SourceError, open_source
+from edged.sources import Source, SourceError, no_frame_error, open_source
 from edged.thinning import Thinning
 from edged.worker import Worker
 
@@ -196,6 +196,8 @@ class Camera:
                     "reading",
                 )
                 if decoded is None:
+                    if self._index == opening.first:
+                        raise no_frame_error(self.name, self.config)
                     return
                 captured = decoded.captured
                 if paced_by_detection:

@@ -357,8 +357,7 @@ def probe_file(camera: str, config: CameraConfig) -> str | None:
     """For `edged check`: why a camera that reads a file would fail at its first frame, or None if it reads one.
 
     Only files: a stream or a device is not there yet or is in use by a running edged, and a check must not
-    take it over. The answer is the line `edged run` would log for that camera; a file without a single frame,
-    which `run` would just play to its end, is named as such."""
+    take it over. The answer is the line `edged run` would log for that camera."""
     if config.kind not in ("video", "image"):
         return None
     try:
@@ -367,13 +366,21 @@ def probe_file(camera: str, config: CameraConfig) -> str | None:
         return str(error)
     try:
         if not source.grab():
-            return f"camera {camera}: {config.safe_url} holds no frame: check the file"
+            return str(no_frame_error(camera, config))
         source.retrieve()
     except SourceError as error:
         return str(error)
     finally:
         source.release()
     return None
+
+
+def no_frame_error(camera: str, config: CameraConfig) -> SourceError:
+    """A file that opens but from which not one frame decodes (say, its video data is garbled): playing it again
+    cannot help."""
+    return SourceError(
+        f"camera {camera}: {config.safe_url} holds no frame that can be decoded: check the file", permanent=True
+    )
 
 
 def _is_mjpeg(url: str) -> bool:

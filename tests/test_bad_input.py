@@ -9,6 +9,7 @@ publishing, and SIGTERM still ends the run with exit 0.
 
 from __future__ import annotations
 
+import itertools
 import re
 import signal
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import av
 import cv2
 import numpy as np
 import openvino as ov
@@ -124,6 +126,22 @@ def _truncated_video(config: Config, ctx: Ctx) -> None:
     ctx.bad_camera(config, _copy(ctx, ctx.media("classroom.mp4"), "cut.mp4", 60_000))  # moov atom lost
 
 
+def _garbled_video(config: Config, ctx: Ctx) -> None:
+    """A well-formed MP4 whose video packets are noise: it opens, and not one frame decodes."""
+    path = ctx.tmp / "garbled.mp4"
+    noise = np.random.default_rng(2)
+    with av.open(ctx.media("classroom.mp4")) as source, av.open(str(path), "w") as target:
+        stream = target.add_stream_from_template(source.streams.video[0])
+        for packet in itertools.islice(source.demux(source.streams.video[0]), 60):
+            if packet.dts is None:  # the demuxer's empty packet at the end
+                continue
+            garbled = av.Packet(noise.integers(0, 256, packet.size, dtype=np.uint8).tobytes())
+            garbled.pts, garbled.dts, garbled.time_base = packet.pts, packet.dts, packet.time_base
+            garbled.is_keyframe, garbled.stream = packet.is_keyframe, stream
+            target.mux(garbled)
+    ctx.bad_camera(config, str(path))
+
+
 def _image_as_video(config: Config, ctx: Ctx) -> None:
     ctx.bad_camera(config, _copy(ctx, ctx.media("images/astronaut.png"), "astronaut.mp4"))
 
@@ -202,6 +220,7 @@ CASES = [
     Case("rtsp-host-unreachable", _unreachable_rtsp, "camera bad: cannot open rtsp://127.0.0.1:1/stream", False),
     Case("video-corrupt", _random_bytes_video, "camera bad: cannot open", False),
     Case("video-truncated", _truncated_video, "the file is corrupt, truncated or not a video", False),
+    Case("video-of-garbled-frames", _garbled_video, "holds no frame that can be decoded: check the file", False),
     Case("image-where-video-expected", _image_as_video, "holds an image (PNG), not a video", False),
     Case("video-where-image-expected", _video_as_image, "holds a video (MP4/MOV), not an image", False),
     Case("frames-of-changing-size", _changing_frame_size, "", False),

@@ -10,9 +10,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import cv2
 
@@ -138,18 +137,12 @@ def _validated(path: Path) -> tuple[Config, MqttSecurity]:
     REDACTOR.add_secret(security.password)  # from here on no log line can show it
     core = ov.Core()
     for name, spec in config.model_specs().items():
-        where = f"{path}: {config.model_key(name, 'path' if config.models[name].path else 'name')}"
-        _naming(where, read_model, spec, core)
-        _naming(f"{path}: {config.model_key(name, 'device')}", check_device, spec, core)
+        try:
+            read_model(spec, core)
+            check_device(spec, core)
+        except ModelError as error:
+            raise config.model_error(path, name, error) from None
     return config, security
-
-
-def _naming(where: str, check: Callable[[ModelSpec, Any], object], spec: ModelSpec, core: Any) -> None:
-    """Run a model check; its error names the config file and key it came from."""
-    try:
-        check(spec, core)
-    except ModelError as error:
-        raise ModelError(f"{where}: {error}") from None
 
 
 def _check(args: argparse.Namespace) -> int:

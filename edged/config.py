@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from edged.errors import ConfigError
+from edged.errors import ConfigError, ModelError
 from edged.models import ModelSpec, models_dir, resolve
 from edged.redact import redact_url
 
@@ -349,6 +349,12 @@ class Config(_Strict):
     def model_key(self, name: str, field: str) -> str:
         """Where the user wrote a model's `field`: `model.path` for the single form, else `models.<name>.path`."""
         return f"model.{field}" if self._single_model else f"models.{name}.{field}"
+
+    def model_error(self, config_path: Path | None, name: str, error: ModelError) -> ModelError:
+        """The error of model `name`, naming the config file (if any) and the key it came from (`models.x.device`)."""
+        field = error.key if error.key != "path" or self.models[name].path else "name"
+        where = f"{config_path}: " if config_path is not None else ""
+        return ModelError(f"{where}{self.model_key(name, field)}: {error}", key=error.key)
 
     def model_of(self, camera: str) -> str:
         return self.cameras[camera].model or next(iter(self.models))

@@ -12,4 +12,10 @@ class ConfigError(EdgedError):
 
 
 class ModelError(EdgedError):
-    """A model file is missing, unreadable or of an unknown family."""
+    """A model file is missing, unreadable or of an unknown family, or its device cannot run it.
+
+    `key`: the model's setting at fault, `path` (the file) or `device`."""
+
+    def __init__(self, message: str, *, key: str = "path") -> None:
+        super().__init__(message)
+        self.key = key

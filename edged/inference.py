@@ -91,7 +91,8 @@ def check_device(spec: ModelSpec, core: ov.Core) -> None:
     if not usable:
         raise ModelError(
             f"model {spec.name}: device {spec.device!r} is not available on this machine (OpenVINO sees "
-            f"{', '.join(core.available_devices) or 'none'}): set the model's `device` to one of them"
+            f"{', '.join(core.available_devices) or 'none'}): set the model's `device` to one of them",
+            key="device",
         )
 
 
@@ -165,7 +166,8 @@ class Engine:
         except RuntimeError as error:
             raise ModelError(
                 f"model {spec.name}: OpenVINO cannot compile it for device {spec.device!r} ({_first_line(error)}): "
-                "check the model's `device`"
+                "check the model's `device`",
+                key="device",
             ) from None
         self._queue = ov.AsyncInferQueue(self._compiled, spec.requests or self._default_requests(throughput_bound))
         self._queue.set_callback(self._completed)

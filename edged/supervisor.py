@@ -23,11 +23,12 @@ from edged.allocator import return_free_memory
 from edged.camera import Camera
 from edged.config import Config, load_config
 from edged.dispatch import Dispatcher
-from edged.errors import EXIT_OK, EXIT_USAGE, ConfigError
+from edged.errors import EXIT_OK, EXIT_USAGE, ConfigError, ModelError
 from edged.inference import Engine, Result
 from edged.lifecycle import Lifecycle
 from edged.logs import counted
 from edged.message import detection_payload
+from edged.models import ModelSpec
 from edged.nvr import Nvr
 from edged.publish import OFFLINE, Publisher
 from edged.reload import CameraChanges, diff
@@ -126,11 +127,15 @@ class Supervisor:
         used = list(dict.fromkeys(self._config.model_of(camera) for camera in self._config.cameras))
         for unused in specs.keys() - set(used):
             log.info("model %s is used by no camera: not compiled", unused)
-        config = self._config
-        engines = await asyncio.gather(
-            *(asyncio.to_thread(Engine, specs[name], throughput_bound=config.throughput_bound(name)) for name in used)
-        )
+        engines = await asyncio.gather(*(asyncio.to_thread(self._compile, specs[name]) for name in used))
         return dict(zip(used, engines, strict=True))
+
+    def _compile(self, spec: ModelSpec) -> Engine:
+        """In a thread: a model that reads fine can still fail to compile for its device; say which key to fix."""
+        try:
+            return Engine(spec, throughput_bound=self._config.throughput_bound(spec.name))
+        except ModelError as error:
+            raise self._config.model_error(self._config_path, spec.name, error) from None
 
     async def _wait_for_broker(self) -> None:
         """READY means serving: the broker was reached, or its first attempt failed and the outbox took over."""

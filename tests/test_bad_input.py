@@ -216,6 +216,12 @@ CASES = [
     Case("model-weights-truncated", _truncated_weights, "the files may be corrupt or truncated", True),
     Case("model-of-no-family", _model_of_no_family, "unrecognised model outputs: ", True),
     Case("model-device-absent", _set("model.device", "GPU"), "device 'GPU' is not available on this machine", True),
+    Case(
+        "model-device-cannot-compile",  # a device that exists, in a setting OpenVINO refuses only when compiling
+        _set("model.device", "BATCH:CPU(0)"),
+        "model.device: model face-detection-retail-0004: OpenVINO cannot compile it for device 'BATCH:CPU(0)'",
+        True,
+    ),
     # -- one camera's input, while another camera runs ---------------------------------------------
     Case("rtsp-host-unreachable", _unreachable_rtsp, "camera bad: cannot open rtsp://127.0.0.1:1/stream", False),
     Case("video-corrupt", _random_bytes_video, "camera bad: cannot open", False),

@@ -277,19 +277,21 @@ def _models_list(args: argparse.Namespace) -> int:
 def _models_verify(args: argparse.Namespace) -> int:
     if not args.folder.is_dir():
         raise EdgedError(f"{args.folder}: not a folder: give the folder that holds the model files")
-    problems = present = 0
+    problems = 0
+    present: list[str] = []  # a model's name once per precision found
     for descriptor in load_descriptors(BUILTIN_DESCRIPTORS).values():
         for precision in descriptor.precisions:
             checks = verify(descriptor, args.folder, precision)
             if all(check.status is FileStatus.MISSING for check in checks):
                 continue  # this model is simply not in the folder
-            present += 1
+            present.append(descriptor.name)
             for check in checks:
                 print(f"{check.status.value:8} {descriptor.name} {precision} {check.file}")
                 problems += check.status is not FileStatus.OK
-    if present == 0:
+    if not present:
         raise EdgedError(f"{args.folder}: no known model files found (see `edged models` for the layout)")
-    print(f"{present} models checked, {problems} problems")
+    models = counted(len(set(present)), "model")
+    print(f"{models} in {counted(len(present), 'precision')} checked, {counted(problems, 'problem')}")
     return EXIT_FAILURE if problems else EXIT_OK
 
 

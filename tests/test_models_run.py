@@ -178,7 +178,7 @@ def test_models_verify_accepts_the_real_files(shared_dir: Path) -> None:
     result = edged_cli("models", "verify", str(shared_dir / "models"))
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "0 problems" in result.stdout
+    assert "4 models in 5 precisions checked, 0 problems" in result.stdout
 
 
 def test_models_verify_reports_a_damaged_copy(tmp_path: Path, shared_dir: Path) -> None:
@@ -194,3 +194,11 @@ def test_models_verify_reports_a_damaged_copy(tmp_path: Path, shared_dir: Path) 
 
     assert result.returncode == 1
     assert "mismatch face-detection-retail-0004 FP32" in result.stdout
+    assert "1 model in 1 precision checked, 1 problem" in result.stdout
+
+
+def test_models_verify_of_a_folder_without_models_exits_2_saying_so(tmp_path: Path) -> None:
+    result = edged_cli("models", "verify", str(tmp_path))
+
+    assert result.returncode == 2
+    assert result.stderr == f"edged: {tmp_path}: no known model files found (see `edged models` for the layout)\n"

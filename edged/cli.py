@@ -195,8 +195,9 @@ def _detect(args: argparse.Namespace) -> int:
         results.append(
             {"image": str(path), "width": width, "height": height, "model": engine.name, "faces": faces_found}
         )
-    json.dump(results, sys.stdout, indent=1)
-    print()
+    # A JSON array with an image per line: jq reads it whole, a person or grep one image at a time (indenting
+    # it put every coordinate on a line of its own).
+    print("[\n" + ",\n".join(json.dumps(result) for result in results) + "\n]")
     return EXIT_OK
 
 

@@ -53,6 +53,15 @@ def test_detect_with_the_ssh_model_by_descriptor_name_agrees_with_the_seed_model
     assert iou(ssh[0]["faces"][0]["box"], ssd[0]["faces"][0]["box"]) >= 0.7
 
 
+def test_detect_prints_one_line_per_image_inside_a_json_array(shared_dir: Path) -> None:
+    images = [str(shared_dir / "media/images" / name) for name in ("astronaut.png", "cameraman.png")]
+    command = [sys.executable, "-m", "edged.cli", "detect", "-m", str(shared_dir / SEED), *images]
+    lines = subprocess.run(command, check=True, capture_output=True, text=True, timeout=120).stdout.splitlines()
+
+    assert lines[0] == "[" and lines[-1] == "]"
+    assert [json.loads(line.rstrip(","))["image"] for line in lines[1:-1]] == images
+
+
 def test_the_ssh_model_given_by_its_file_keeps_its_descriptors_settings(shared_dir: Path, tmp_path: Path) -> None:
     capture = cv2.VideoCapture(str(shared_dir / "media/classroom.mp4"))
     ok, frame = capture.read()

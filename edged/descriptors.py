@@ -149,6 +149,8 @@ def load_descriptor(path: Path) -> Descriptor:
         descriptor = Descriptor.model_validate(raw)
     except (yaml.YAMLError, ValidationError) as exc:
         raise DescriptorError(f"{path}: {exc}") from exc
+    except UnicodeDecodeError:
+        raise DescriptorError(f"{path}: not UTF-8 text: not a descriptor") from None
     if descriptor.name != path.stem:
         # One name, one file: lets find_descriptor and humans locate it without loading all.
         raise DescriptorError(f"{path}: name {descriptor.name!r} differs from the file name")

@@ -122,14 +122,19 @@ def resolve(
             descriptor = find_descriptor(name, folder)
         else:
             descriptor = descriptor_of_file(path, folder) if path is not None else None
+        if name is not None and descriptor is None:
+            known = ", ".join(known_descriptor_names(folder)) or "none"
+            raise ValueError(f"{where}.name: no descriptor named {name!r}; known: {known}")
+        if path is None:
+            assert descriptor is not None
+            path = _descriptor_xml(descriptor, precision, folder, where)
     except DescriptorError as error:
         raise ValueError(f"{where}: descriptor unusable: {error}") from None
-    if name is not None and descriptor is None:
-        known = ", ".join(known_descriptor_names(folder)) or "none"
-        raise ValueError(f"{where}.name: no descriptor named {name!r}; known: {known}")
-    if path is None:
-        assert descriptor is not None
-        path = _descriptor_xml(descriptor, precision, folder, where)
+    except OSError as error:  # is_file() and glob() let EACCES and EIO through (a home hidden by systemd, a dead share)
+        raise ValueError(
+            f"models_dir: {folder} cannot be read ({error.strerror or type(error).__name__}): give edged access to it "
+            f"or set models_dir / ${MODELS_DIR_ENV} to a folder it can read"
+        ) from None
     preprocessing = Preprocessing()
     if descriptor is not None:
         spec = descriptor.input

@@ -260,6 +260,36 @@ def test_check_refuses_a_model_without_its_weights(tmp_path: Path, seed_model: P
     assert result.stderr.startswith(f"edged: {path}: model.path: model {lonely}: its weights file lonely.bin")
 
 
+def test_a_models_dir_that_cannot_be_read_is_named_in_one_line(tmp_path: Path, seed_model: Path, clip: Path) -> None:
+    # The operator's case is EACCES (a home folder systemd's ProtectHome= hides) or EIO (a dead share), which
+    # root, who runs the tests, never gets; a name too long fails the same lookups with an OSError too.
+    unreadable = tmp_path / ("x" * 300)
+    path = write(tmp_path, f"models_dir: {unreadable}\n" + minimal(seed_model, clip))
+
+    result = edged("check", "-c", str(path))
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"edged: {path}: models_dir: {unreadable} cannot be read (File name too long): give edged access to it or "
+        "set models_dir / $EDGED_MODELS_DIR to a folder it can read\n"
+    )
+
+
+def test_a_stray_file_that_is_not_utf8_in_models_dir_does_not_refuse_a_model_given_by_path(
+    tmp_path: Path, shared_dir: Path, clip: Path
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "notes.yaml").write_bytes(b"\xff\xfe not text")
+    # Not named after its descriptor: edged looks through the folder's descriptors for the one listing it.
+    ssh = shared_dir / "models/ssh-contract-retinaface-mnet025/retinaface-mnet025-ssh-640.xml"
+    path = write(tmp_path, f"models_dir: {models}\n" + minimal(ssh, clip))
+
+    result = edged("check", "-c", str(path))
+
+    assert result.returncode == 0, result.stderr
+
+
 def test_check_names_the_key_of_a_device_this_machine_lacks(tmp_path: Path, seed_model: Path, clip: Path) -> None:
     text = f"models:\n  fast:\n    path: {seed_model}\n    device: NPU.7\ncameras:\n  door:\n    url: {clip}\n"
     path = write(tmp_path, text)

@@ -35,6 +35,7 @@ class Dispatcher:
         self._in_order: dict[str, deque[tuple[Frame, float]]] = {}
         self._finished: dict[int, Result] = {}  # by id(frame): results waiting for an older frame
         self.lost = 0
+        self._heard_from = time.monotonic()  # the engine's last sign of life while it had work (see stalled_for)
         self._wake = asyncio.Event()  # a fresh frame arrived or a request came back
         self._idle = asyncio.Event()
         self._idle.set()
@@ -84,7 +85,16 @@ class Dispatcher:
         self._slots[slot.camera] = self._slots.pop(slot.camera)  # now served last (after the loop: it reorders)
         return frame
 
+    def stalled_for(self, now: float) -> float:
+        """Seconds the engine has held work without giving anything back (0 when it holds none): frames in
+        flight, or requests still taken by inferences given up on while no request is free. A request that
+        failed (no callback, but free again) is not counted: frames flow on, nothing is wedged."""
+        holding = self.in_flight > 0 or (self.lost > 0 and not self._engine.request_idle())
+        return now - self._heard_from if holding else 0.0
+
     def _submit(self, frame: Frame) -> None:
+        if self.in_flight == 0:
+            self._heard_from = time.monotonic()  # an engine that had nothing to do was not silent meanwhile
         self.in_flight += 1
         self._idle.clear()
         in_order = self._in_order.setdefault(frame.camera, deque())
@@ -101,6 +111,7 @@ class Dispatcher:
                 self._idle.set()
 
     def _completed(self, result: Result) -> None:
+        self._heard_from = time.monotonic()
         if not any(frame is result.frame for frame, _ in self._in_order[result.frame.camera]):
             # Given up on already (and counted back then), yet its request is free now. A camera has at most
             # `requests` frames in flight: the look is as cheap as a set's.

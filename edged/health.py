@@ -22,13 +22,14 @@ class CameraState:
     finished: bool
     since_frame: float | None  # seconds since its last frame (None: none yet)
     stall_timeout: float
+    frame_interval: float = 0.0  # seconds between the frames its `fps` cap lets through (0: no cap)
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     cameras: tuple[CameraState, ...]
     in_flight: int  # inferences submitted and not yet returned
-    since_result: float  # seconds since the last inference result (or since the start)
+    inference_stalled: float  # seconds an engine has held work without giving anything back (0: none)
     mqtt_connected: bool
     outbox: int
     dropped: int
@@ -50,10 +51,10 @@ def assess(snapshot: Snapshot) -> Health:
 def _problem(s: Snapshot) -> str:
     if s.dead_tasks:
         return f"task {', '.join(s.dead_tasks)} ended"
-    if s.in_flight and s.since_result > ENGINE_TIMEOUT_S:
-        return f"inference returned nothing for {s.since_result:.0f} s with {s.in_flight} frames in flight"
+    if s.inference_stalled > ENGINE_TIMEOUT_S:
+        return f"inference returned nothing for {s.inference_stalled:.0f} s with {s.in_flight} frames in flight"
     for camera in s.cameras:
-        limit = camera.stall_timeout + CAMERA_GRACE_S
+        limit = camera.stall_timeout + CAMERA_GRACE_S + camera.frame_interval
         if camera.online and camera.since_frame is not None and camera.since_frame > limit:
             return f"camera {camera.name} is online but sent no frame for {camera.since_frame:.0f} s"
     return ""

@@ -70,7 +70,6 @@ class Supervisor:
         self._cameras: dict[str, _Running] = {}
         self._pipeline: tuple[asyncio.Task[None], ...] = ()
         self._reloading = False
-        self._last_result = time.monotonic()  # "since the last result" counts from the start
         self._rate_mark = (time.monotonic(), 0)
         self._published_detections = 0
         self.exit_code = EXIT_OK  # for `edged run`: EXIT_USAGE when every camera's input proved unusable
@@ -291,7 +290,6 @@ class Supervisor:
         self._publisher.clear_retained(self._status_topic(camera))
 
     def _on_result(self, result: Result) -> None:
-        self._last_result = time.monotonic()
         camera = result.frame.camera
         if camera not in self._config.cameras:
             return  # removed by a reload while this frame was in inference (stopping keeps the configuration)
@@ -325,6 +323,7 @@ class Supervisor:
                 running.task.done() or running.camera.finished,
                 running.camera.since_last_frame(now),
                 running.camera.config.stall_timeout,
+                1.0 / running.camera.config.fps if running.camera.config.fps else 0.0,
             )
             for name, running in self._cameras.items()
         )
@@ -332,7 +331,9 @@ class Supervisor:
             health.Snapshot(
                 cameras=cameras,
                 in_flight=sum(dispatcher.in_flight for dispatcher in self._dispatchers.values()),
-                since_result=now - self._last_result,
+                inference_stalled=max(
+                    (dispatcher.stalled_for(now) for dispatcher in self._dispatchers.values()), default=0.0
+                ),
                 mqtt_connected=self._publisher.connected.is_set(),
                 outbox=self._publisher.outbox_depth,
                 dropped=self._publisher.dropped,

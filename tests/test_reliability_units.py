@@ -212,7 +212,7 @@ def _snapshot(**changes: Any) -> Snapshot:
     base: dict[str, Any] = {
         "cameras": (CameraState("door", True, False, 0.1, 10.0), CameraState("yard", False, False, None, 10.0)),
         "in_flight": 1,
-        "since_result": 0.05,
+        "inference_stalled": 0.05,
         "mqtt_connected": True,
         "outbox": 0,
         "dropped": 0,
@@ -229,13 +229,20 @@ def test_a_flowing_pipeline_is_healthy_and_summarised_on_one_line() -> None:
 
 def test_offline_and_finished_cameras_and_a_broker_outage_are_idle_by_design() -> None:
     cameras = (CameraState("door", False, False, 300.0, 10.0), CameraState("file", False, True, 900.0, 10.0))
-    assert assess(_snapshot(cameras=cameras, in_flight=0, since_result=900.0, mqtt_connected=False)).ok
+    assert assess(_snapshot(cameras=cameras, in_flight=0, inference_stalled=0.0, mqtt_connected=False)).ok
+
+
+def test_a_camera_capped_to_a_frame_a_minute_is_not_taken_for_a_wedged_one() -> None:
+    capped = CameraState("gate", True, False, 45.0, 10.0, frame_interval=60.0)
+    assert assess(_snapshot(cameras=(capped,))).ok
+    late = CameraState("gate", True, False, 85.0, 10.0, frame_interval=60.0)
+    assert "camera gate is online but sent no frame for 85 s" in assess(_snapshot(cameras=(late,))).problem
 
 
 @pytest.mark.parametrize(
     ("changes", "problem"),
     [
-        ({"in_flight": 2, "since_result": 45.0}, "inference returned nothing for 45 s with 2 frames in flight"),
+        ({"in_flight": 2, "inference_stalled": 45.0}, "inference returned nothing for 45 s with 2 frames in flight"),
         ({"cameras": (CameraState("door", True, False, 60.0, 10.0),)}, "camera door is online but sent no frame"),
         ({"dead_tasks": ("mqtt",)}, "task mqtt ended"),
     ],

@@ -211,3 +211,41 @@ async def test_a_frame_waiting_for_a_request_held_by_a_given_up_inference_goes_i
         task.cancel()
     assert delivered == [(1, True)]
     assert (dispatcher.lost, dispatcher.in_flight) == (1, 0)
+
+
+async def _stalled_after(engine: Engine, seconds: float, *, lost_after: float = 15.0) -> tuple[float, Dispatcher]:
+    """Idle for a while, then one frame whose result the engine holds back: how long the engine has been
+    silent `seconds` later, as the health check sees it."""
+    dispatcher = Dispatcher(engine, lambda result: None, lost_after=lost_after)
+    slot = dispatcher.add_camera("door")
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        await asyncio.sleep(0.5)  # nothing to infer: an idle engine is not a silent one
+        assert dispatcher.stalled_for(time.monotonic()) == 0.0
+        await _infer_each(slot, engine, range(1))
+        await asyncio.sleep(seconds)
+        return dispatcher.stalled_for(time.monotonic()), dispatcher
+    finally:
+        task.cancel()
+
+
+async def test_an_engine_counts_as_silent_from_when_it_was_given_work_not_from_its_last_result(
+    shared_dir: Path,
+) -> None:
+    engine = _EngineHoldingBackTheFirstResult(_retail(shared_dir, requests=2))  # the first result never comes
+    stalled, _ = await _stalled_after(engine, 0.5)
+    assert 0.5 <= stalled < 1.0  # not the 1 s since the dispatcher started
+
+
+async def test_an_engine_whose_requests_are_all_held_by_given_up_inferences_stays_silent(shared_dir: Path) -> None:
+    engine = _EngineHoldingBackTheFirstResult(_retail(shared_dir, requests=2))
+    engine.busy_while_held = True  # a hung inference: its request never frees
+    stalled, dispatcher = await _stalled_after(engine, 1.0, lost_after=0.3)
+    assert (dispatcher.lost, dispatcher.in_flight) == (1, 0)
+    assert stalled >= 1.0  # given up on, yet the engine still holds it: the health check must see that
+
+
+async def test_a_failed_inference_given_up_on_leaves_an_engine_that_is_not_silent(shared_dir: Path) -> None:
+    engine = _EngineHoldingBackTheFirstResult(_retail(shared_dir, requests=2))  # its request is free again
+    stalled, dispatcher = await _stalled_after(engine, 1.0, lost_after=0.3)
+    assert (dispatcher.lost, stalled) == (1, 0.0)

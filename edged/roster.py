@@ -40,6 +40,12 @@ class CameraRoster:
         self._cameras = sorted(cameras)
         self._publisher.set_retained(self.topic, json.dumps({"cameras": self._cameras}).encode(), self._qos)
 
+    def expect(self, cameras: Iterable[str]) -> None:
+        """Cameras a reload is bringing in, before it records them: a record read back on a reconnect meanwhile
+        (which may still list them from an earlier run) must not take them for leftovers. The cameras it
+        removes stay known until then too: in-flight results may still reach them."""
+        self._cameras = sorted({*self._cameras, *cameras})
+
     def _on_record(self, topic: str, payload: bytes, retained: bool) -> None:
         if not retained or not payload:
             return  # our own record coming back live, or none was ever kept

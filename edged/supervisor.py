@@ -240,15 +240,14 @@ class Supervisor:
                 " and ".join(changes.needs_restart),
             )
         self._reloading = True
-        # Recorded before the wait for the cameras to stop: a record read back on a reconnect meanwhile would
-        # otherwise take a camera this reload adds for a leftover and delete its topics.
-        self._roster.record(new.cameras)
+        self._roster.expect(changes.added)  # a record read back while the cameras stop must not take them
         try:
             await self._stop_cameras([*changes.removed, *changes.changed])
             for name in changes.removed:
                 self._forget(name)
                 log.info("camera %s: stopped, removed from the configuration", name)
             self._config = self._config.model_copy(update={"cameras": new.cameras})
+            self._roster.record(self._config.cameras)
             for name in (*changes.added, *changes.changed):
                 self._start_camera(name, new)
         finally:

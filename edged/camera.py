@@ -96,7 +96,7 @@ class Camera:
         self.name, self.config = name, config
         self.slot = slot
         self._prepare, self._on_status = prepare, on_status
-        self._worker = Worker(f"camera-{name}")
+        self._worker: Worker  # the capture thread: started by run(), so a camera that never runs leaves none
         self._index = 0  # frames of the stream passed in this run, across reopenings and loops
         self._behind = 0.0  # seconds a real-time file has fallen behind its own clock (see _next_frame)
         self._last_arrival = 0.0  # a live stream's latest capture time: timestamps never go back
@@ -118,6 +118,7 @@ class Camera:
 
     async def run(self) -> None:
         """Read until the stream ends (a file with `loop: false`), fails for good, or the task is cancelled."""
+        self._worker = Worker(f"camera-{self.name}")
         try:
             async with asyncio.TaskGroup() as tasks:
                 watchdog = tasks.create_task(self._watchdog(), name=f"watchdog-{self.name}")

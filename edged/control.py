@@ -35,6 +35,7 @@ class DetectControl:
 
     def remove_camera(self, camera: str) -> None:
         self._slots.pop(camera, None)
+        self._commanded.discard(camera)  # added back later, it is new: a retained command applies to it again
         self._publisher.clear_retained(self.state_topic(camera))
 
     def start(self) -> None:

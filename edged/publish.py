@@ -320,6 +320,8 @@ class Publisher:
                 await self._send(client, message)
                 if self._unsent_retained.get(topic) is message:
                     del self._unsent_retained[topic]
+                    if not message.payload:  # deleted on the broker: nothing left to say again at a reconnect
+                        self._retained.pop(topic, None)  # (gone already if the broker refused the topic)
             # Retire before refilling: the sends that woke us free window space for the next
             # messages, and nothing else would wake us to send them (a burst larger than the
             # window, a backlog after an outage, the last messages before shutdown).

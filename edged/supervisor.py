@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,10 +177,11 @@ class Supervisor:
     def _start_camera(self, name: str, config: Config) -> None:
         """Start camera `name` as `config` describes it (the running one, or a reloaded one)."""
         model = config.model_of(name)  # compiled: at start every used model is, a reload onto another is refused
+        self._errors_logged.discard(name)  # a restarted camera's first decode error is told again
         slot = self._dispatchers[model].add_camera(name)
         camera = Camera(name, config.cameras[name], slot, self._engines[model].preparer(), self._on_camera_status)
         self._nvr.add_camera(name, camera, slot, model)
-        task = self._tasks.create_task(self._guard(camera.run(), f"camera {name}"), name=f"camera-{name}")
+        task = self._tasks.create_task(self._guard(camera.run, f"camera {name}"), name=f"camera-{name}")
         task.add_done_callback(lambda _task: self._stop_if_all_finished())
         self._cameras[name] = _Running(camera, task)
 
@@ -207,10 +208,11 @@ class Supervisor:
             self._lifecycle.request_stop()
 
     @staticmethod
-    async def _guard(coroutine: Coroutine[Any, Any, None], what: str) -> None:
-        """A crash in one camera is logged with its cause and ends that camera only."""
+    async def _guard(run: Callable[[], Coroutine[Any, Any, None]], what: str) -> None:
+        """A crash in one camera is logged with its cause and ends that camera only. `run` is called here, not by
+        the caller: a task cancelled before its first step (a stop during a reload) then leaves nothing unawaited."""
         try:
-            await coroutine
+            await run()
         except asyncio.CancelledError:
             raise
         except Exception:

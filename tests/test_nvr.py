@@ -439,6 +439,27 @@ def test_a_retained_off_is_applied_once_not_again_at_every_reconnect(
     assert edged.log_text().count("detection paused over MQTT") == 1
 
 
+@pytest.mark.slow
+def test_a_camera_a_reload_removed_and_added_back_obeys_a_retained_off_again_like_a_new_camera(
+    tmp_path: Path, shared_dir: Path, media_dir: Path, broker_factory: Any
+) -> None:
+    broker = broker_factory(persistence=True)  # keeps the retained OFF across its restart
+    both = front_and_back(media_dir)
+    config = write_config(tmp_path, shared_dir, broker, both)
+    with Subscriber(broker.host, broker.port, "edged/#") as subscriber, edged_running(config) as edged:
+        subscriber.wait_for_count("edged/front/detections", 1, timeout=TIMEOUT)
+        subscriber.publish("edged/front/detect/set", "OFF", retain=True)
+        subscriber.wait_for_message("edged/front/detect/state", lambda m: m.payload == b"OFF", timeout=TIMEOUT)
+        edged.reload(config, write_config(tmp_path, shared_dir, broker, {"back": both["back"]}), until="")
+        assert wait_until(lambda: edged.log_text().count("reload done") == 1, TIMEOUT), edged.log_text()
+        edged.reload(config, write_config(tmp_path, shared_dir, broker, both), until="camera front: online")
+        subscriber.wait_for_count("edged/front/detections", 2, timeout=TIMEOUT)  # back, and detecting
+
+        broker.restart()  # hands the retained OFF over again: for a fresh start, which front now is
+        assert wait_until(lambda: edged.log_text().count("detection paused over MQTT") == 2, TIMEOUT), edged.log_text()
+        assert edged.stop() == 0, edged.log_text()
+
+
 # --- Home Assistant ------------------------------------------------------------------------------------
 
 

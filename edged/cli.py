@@ -160,16 +160,23 @@ def _check(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from edged.allocator import tune_allocator
     from edged.supervisor import Supervisor
-    from edged.worker import busy_workers
+    from edged.worker import UnwaitedExecutor, busy_workers
 
     tune_allocator()  # before any frame is allocated: RSS stays flat instead of creeping (edged/allocator.py)
     config, security = _validated(args.config)
     supervisor = Supervisor(config, security, args.config)
-    asyncio.run(supervisor.run())
-    if busy_workers():
-        # A camera thread is still blocked inside OpenCV/FFmpeg. The normal exit would run the C++
-        # libraries' static destructors under its feet (std::terminate, exit 134): leave at once,
-        # everything worth keeping (MQTT flush, offline statuses, logs) is done.
+    executor = UnwaitedExecutor(thread_name_prefix="edged-io")
+
+    async def serve() -> None:
+        asyncio.get_running_loop().set_default_executor(executor)
+        await supervisor.run()
+
+    asyncio.run(serve())
+    if busy_workers() or executor.busy(timeout=0.2):
+        # A camera thread is still blocked inside OpenCV/FFmpeg, or a broker connect inside paho. The normal
+        # exit would wait for it, and run the C++ libraries' static destructors under a camera thread's feet
+        # (std::terminate, exit 134): leave at once, everything worth keeping (MQTT flush, offline statuses,
+        # logs) is done.
         logging.shutdown()
         os._exit(supervisor.exit_code)
     return supervisor.exit_code

@@ -38,7 +38,7 @@ from edged.secrets import MqttSecurity
 log = logging.getLogger("edged")
 
 DRAIN_TIMEOUT_S = 2.0  # in-flight inferences take tens of milliseconds; this is a generous bound
-FLUSH_TIMEOUT_S = 2.0  # together they keep a SIGTERM stop well within 5 s and systemd's patience
+FLUSH_TIMEOUT_S = 2.0  # with the other steps' limits, a SIGTERM stop takes 7 s at most: within TimeoutStopSec=10
 WORKER_JOIN_S = 1.0  # for camera threads to release their captures at shutdown
 READY_WAIT_S = 15.0  # READY=1 waits at most this long for the first broker connection attempt
 

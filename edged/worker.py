@@ -16,6 +16,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from edged.priority import CAMERA_NICENESS, nicer_by
@@ -41,6 +42,25 @@ def join_all(timeout: float) -> list[str]:
     for worker in list(_workers):
         worker.join(max(0.0, deadline - time.monotonic()))
     return busy_workers()
+
+
+class UnwaitedExecutor(ThreadPoolExecutor):
+    """The event loop's default executor, which a stop does not wait for.
+
+    asyncio.run ends by waiting, with no limit, for every call on the default executor, and aiomqtt connects
+    to the broker there: a SIGTERM while a connect hangs (a broker host that drops packets, a DNS server
+    that does not answer) would wait for paho's and the resolver's timeouts, past systemd's patience.
+    """
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=False, cancel_futures=True)
+
+    def busy(self, timeout: float) -> bool:
+        """Whether a call still runs after up to `timeout` seconds (idle threads end at once on shutdown)."""
+        deadline = time.monotonic() + timeout
+        for thread in list(self._threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return any(thread.is_alive() for thread in self._threads)
 
 
 class Worker:

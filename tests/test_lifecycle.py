@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,40 @@ def test_sigterm_with_the_broker_down_still_exits_0_within_5_s(tmp_path: Path, s
     assert code == 0, log
     assert seconds < 5
     assert "queued messages could not be delivered before shutdown" in log
+
+
+@contextmanager
+def _broker_address_that_never_answers() -> Iterator[int]:
+    """A port whose connects hang, as a broker host that drops packets does: a listener whose accept queue is
+    full, so the kernel drops the SYNs of any further connect."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = int(listener.getsockname()[1])
+    queued = [socket.socket() for _ in range(3)]
+    for client in queued:
+        client.setblocking(False)
+        client.connect_ex(("127.0.0.1", port))
+    try:
+        yield port
+    finally:
+        for sock in (*queued, listener):
+            sock.close()
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_broker_connect_hangs_exits_0_without_waiting_for_it(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    cameras = {"kept": _camera(shared_dir, "classroom.mp4")}
+    with _broker_address_that_never_answers() as port:
+        path = write_config(tmp_path / "edged.yaml", base_config(shared_dir, port, cameras))
+        with EdgedProcess(path, tmp_path / "edged.log") as edged:
+            edged.wait_for_log("camera kept: online")  # the first connect has begun, and hangs for 5 s
+            code, seconds = edged.stop(signal.SIGTERM)
+            log = edged.log()
+    assert code == 0, log
+    assert seconds < 3, log  # not held up by paho's connect timeout
 
 
 class NotifySocket:

@@ -224,6 +224,8 @@ def _bench(args: argparse.Namespace) -> int:
     mqtt = None
     if args.mqtt:
         host, _, port = args.mqtt.rpartition(":")
+        if not host or not port.isdigit():
+            raise EdgedError(f"--mqtt: {args.mqtt!r} is not HOST:PORT: give the broker as, say, 127.0.0.1:1883")
         mqtt = (host, int(port))
     options = BenchOptions(
         args.model.resolve(), args.media.resolve(), args.cameras, args.seconds, scenarios,

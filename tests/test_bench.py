@@ -73,6 +73,15 @@ def test_bench_refuses_an_unknown_scenario_in_one_line(shared_dir: Path) -> None
     assert "--scenarios: unknown warp" in result.stderr
 
 
+def test_bench_refuses_a_broker_without_its_port_in_one_line(shared_dir: Path) -> None:
+    command = [sys.executable, "-m", "edged.cli", "bench", "--mqtt", "localhost"]
+    env = {**os.environ, "EDGED_TEST_DATA": str(shared_dir)}
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60, env=env)
+
+    assert result.returncode == 2
+    assert result.stderr == "edged: --mqtt: 'localhost' is not HOST:PORT: give the broker as, say, 127.0.0.1:1883\n"
+
+
 def test_bench_whose_edged_cannot_start_says_why_in_one_line(tmp_path: Path, shared_dir: Path) -> None:
     broken = tmp_path / "broken.xml"
     broken.write_text("<net><layers")

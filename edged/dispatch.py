@@ -36,6 +36,7 @@ class Dispatcher:
         self._finished: dict[int, Result] = {}  # by id(frame): results waiting for an older frame
         self.lost = 0
         self._heard_from = time.monotonic()  # the engine's last sign of life while it had work (see stalled_for)
+        self._silence = 0.0  # how long it had been silent when its last inferences were given up on
         self._wake = asyncio.Event()  # a fresh frame arrived or a request came back
         self._idle = asyncio.Event()
         self._idle.set()
@@ -87,14 +88,15 @@ class Dispatcher:
 
     def stalled_for(self, now: float) -> float:
         """Seconds the engine has held work without giving anything back (0 when it holds none): frames in
-        flight, or requests still taken by inferences given up on while no request is free. A request that
-        failed (no callback, but free again) is not counted: frames flow on, nothing is wedged."""
+        flight, or requests still taken by inferences given up on while no request is free. Time with nothing
+        to do does not count; the silence of inferences given up on does, so an engine that fails every
+        request (no callback, but the request free again) adds up its silence across the give-ups."""
         holding = self.in_flight > 0 or (self.lost > 0 and not self._engine.request_idle())
         return now - self._heard_from if holding else 0.0
 
     def _submit(self, frame: Frame) -> None:
         if self.in_flight == 0:
-            self._heard_from = time.monotonic()  # an engine that had nothing to do was not silent meanwhile
+            self._heard_from = time.monotonic() - self._silence  # the time with nothing to do is not silence
         self.in_flight += 1
         self._idle.clear()
         in_order = self._in_order.setdefault(frame.camera, deque())
@@ -111,7 +113,7 @@ class Dispatcher:
                 self._idle.set()
 
     def _completed(self, result: Result) -> None:
-        self._heard_from = time.monotonic()
+        self._heard_from, self._silence = time.monotonic(), 0.0
         if not any(frame is result.frame for frame, _ in self._in_order[result.frame.camera]):
             # Given up on already (and counted back then), yet its request is free now. A camera has at most
             # `requests` frames in flight: the look is as cheap as a set's.
@@ -147,6 +149,8 @@ class Dispatcher:
     def _give_up(self, frame: Frame) -> None:
         self.lost += 1
         self._returned()
+        if self.in_flight == 0:
+            self._silence = time.monotonic() - self._heard_from
         if self.lost == 1 or self.lost % 100 == 0:
             log.error(
                 "camera %s: frame %d never came back from model %s after %.0f s (an inference failed inside "

@@ -28,8 +28,8 @@ class CameraState:
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     cameras: tuple[CameraState, ...]
-    in_flight: int  # inferences submitted and not yet returned
-    inference_stalled: float  # seconds an engine has held work without giving anything back (0: none)
+    inference_stalled: float  # seconds the most silent engine has held work without giving anything back
+    stalled_model: str  # that engine's model
     mqtt_connected: bool
     outbox: int
     dropped: int
@@ -52,7 +52,7 @@ def _problem(s: Snapshot) -> str:
     if s.dead_tasks:
         return f"task {', '.join(s.dead_tasks)} ended"
     if s.inference_stalled > ENGINE_TIMEOUT_S:
-        return f"inference returned nothing for {s.inference_stalled:.0f} s with {s.in_flight} frames in flight"
+        return f"model {s.stalled_model}: inference returned nothing for {s.inference_stalled:.0f} s"
     for camera in s.cameras:
         limit = camera.stall_timeout + CAMERA_GRACE_S + camera.frame_interval
         if camera.online and camera.since_frame is not None and camera.since_frame > limit:

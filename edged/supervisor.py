@@ -328,13 +328,13 @@ class Supervisor:
             )
             for name, running in self._cameras.items()
         )
+        stalls = {model: dispatcher.stalled_for(now) for model, dispatcher in self._dispatchers.items()}
+        most_silent = max(stalls, key=lambda model: stalls[model], default="")
         return health.assess(
             health.Snapshot(
                 cameras=cameras,
-                in_flight=sum(dispatcher.in_flight for dispatcher in self._dispatchers.values()),
-                inference_stalled=max(
-                    (dispatcher.stalled_for(now) for dispatcher in self._dispatchers.values()), default=0.0
-                ),
+                inference_stalled=stalls.get(most_silent, 0.0),
+                stalled_model=most_silent,
                 mqtt_connected=self._publisher.connected.is_set(),
                 outbox=self._publisher.outbox_depth,
                 dropped=self._publisher.dropped,

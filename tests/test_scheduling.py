@@ -111,6 +111,7 @@ class _EngineHoldingBackTheFirstResult(Engine):
     provoked on demand."""
 
     late_by: float | None = None
+    every: bool = False  # True: every frame's result is held back, not only the first one's
     first: int | None = None
     busy_while_held = False  # True: no request counts as free until the held result is back (a hung inference)
     holding = False
@@ -121,7 +122,7 @@ class _EngineHoldingBackTheFirstResult(Engine):
     def submit(self, frame: Frame, done: ResultCallback) -> None:
         if self.first is None:
             self.first = frame.index
-        if frame.index != self.first:
+        if frame.index != self.first and not self.every:
             super().submit(frame, done)
             return
         loop = asyncio.get_running_loop()
@@ -213,17 +214,27 @@ async def test_a_frame_waiting_for_a_request_held_by_a_given_up_inference_goes_i
     assert (dispatcher.lost, dispatcher.in_flight) == (1, 0)
 
 
-async def _stalled_after(engine: Engine, seconds: float, *, lost_after: float = 15.0) -> tuple[float, Dispatcher]:
-    """Idle for a while, then one frame whose result the engine holds back: how long the engine has been
-    silent `seconds` later, as the health check sees it."""
+IDLE_S = 2.0  # before the first frame: an idle engine is not a silent one
+
+
+async def _stalled_after(
+    engine: Engine, seconds: float, *, lost_after: float = 15.0, frames: int = 1
+) -> tuple[float, Dispatcher]:
+    """Idle for IDLE_S, then `frames` frames whose results the engine holds back, one after the other: how long
+    the engine has been silent `seconds` after the first, as the health check sees it."""
     dispatcher = Dispatcher(engine, lambda result: None, lost_after=lost_after)
     slot = dispatcher.add_camera("door")
     task = asyncio.create_task(dispatcher.run())
     try:
-        await asyncio.sleep(0.5)  # nothing to infer: an idle engine is not a silent one
+        await asyncio.sleep(IDLE_S)
         assert dispatcher.stalled_for(time.monotonic()) == 0.0
-        await _infer_each(slot, engine, range(1))
-        await asyncio.sleep(seconds)
+        first = time.monotonic()
+        for index in range(frames):
+            slot.put(
+                Frame("door", index, time.time(), np.zeros((300, 300, 3), np.uint8), np.zeros((300, 300, 3), np.uint8))
+            )
+            await asyncio.wait_for(slot.emptied(), 10)
+        await asyncio.sleep(max(0.0, first + seconds - time.monotonic()))
         return dispatcher.stalled_for(time.monotonic()), dispatcher
     finally:
         task.cancel()
@@ -233,8 +244,8 @@ async def test_an_engine_counts_as_silent_from_when_it_was_given_work_not_from_i
     shared_dir: Path,
 ) -> None:
     engine = _EngineHoldingBackTheFirstResult(_retail(shared_dir, requests=2))  # the first result never comes
-    stalled, _ = await _stalled_after(engine, 0.5)
-    assert 0.5 <= stalled < 1.0  # not the 1 s since the dispatcher started
+    stalled, _ = await _stalled_after(engine, 1.0)
+    assert 1.0 <= stalled < 1.0 + IDLE_S  # not counted from when the dispatcher started
 
 
 async def test_an_engine_whose_requests_are_all_held_by_given_up_inferences_stays_silent(shared_dir: Path) -> None:
@@ -243,6 +254,14 @@ async def test_an_engine_whose_requests_are_all_held_by_given_up_inferences_stay
     stalled, dispatcher = await _stalled_after(engine, 1.0, lost_after=0.3)
     assert (dispatcher.lost, dispatcher.in_flight) == (1, 0)
     assert stalled >= 1.0  # given up on, yet the engine still holds it: the health check must see that
+
+
+async def test_an_engine_that_fails_every_inference_adds_up_its_silence_across_the_give_ups(shared_dir: Path) -> None:
+    engine = _EngineHoldingBackTheFirstResult(_retail(shared_dir, requests=1))
+    engine.every = True  # each request fails: no callback, yet the request is free again
+    stalled, dispatcher = await _stalled_after(engine, 2.0, lost_after=0.3, frames=4)
+    assert dispatcher.lost >= 3
+    assert stalled >= 1.5  # not just the time since the latest frame went in
 
 
 async def test_a_failed_inference_given_up_on_leaves_an_engine_that_is_not_silent(shared_dir: Path) -> None:

@@ -224,7 +224,7 @@ def _bench(args: argparse.Namespace) -> int:
     mqtt = None
     if args.mqtt:
         host, _, port = args.mqtt.rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
             raise EdgedError(f"--mqtt: {args.mqtt!r} is not HOST:PORT: give the broker as, say, 127.0.0.1:1883")
         mqtt = (host, int(port))
     options = BenchOptions(

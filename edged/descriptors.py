@@ -151,6 +151,8 @@ def load_descriptor(path: Path) -> Descriptor:
         raise DescriptorError(f"{path}: {exc}") from exc
     except UnicodeDecodeError:
         raise DescriptorError(f"{path}: not UTF-8 text: not a descriptor") from None
+    except OSError as error:  # one unreadable file is that file's problem, not the folder's
+        raise DescriptorError(f"{path}: cannot be read ({error.strerror or type(error).__name__})") from None
     if descriptor.name != path.stem:
         # One name, one file: lets find_descriptor and humans locate it without loading all.
         raise DescriptorError(f"{path}: name {descriptor.name!r} differs from the file name")

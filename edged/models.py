@@ -131,9 +131,10 @@ def resolve(
     except DescriptorError as error:
         raise ValueError(f"{where}: descriptor unusable: {error}") from None
     except OSError as error:  # is_file() and glob() let EACCES and EIO through (a home hidden by systemd, a dead share)
+        unreadable = error.filename or folder
         raise ValueError(
-            f"models_dir: {folder} cannot be read ({error.strerror or type(error).__name__}): give edged access to it "
-            f"or set models_dir / ${MODELS_DIR_ENV} to a folder it can read"
+            f"models_dir: {unreadable} cannot be read ({error.strerror or type(error).__name__}): give edged access "
+            f"to it or set models_dir / ${MODELS_DIR_ENV} to a folder it can read"
         ) from None
     preprocessing = Preprocessing()
     if descriptor is not None:

@@ -226,7 +226,12 @@ CASES = [
     Case("rtsp-host-unreachable", _unreachable_rtsp, "camera bad: cannot open rtsp://127.0.0.1:1/stream", False),
     Case("video-corrupt", _random_bytes_video, "camera bad: cannot open", False),
     Case("video-truncated", _truncated_video, "the file is corrupt, truncated or not a video", False),
-    Case("video-of-garbled-frames", _garbled_video, "holds no frame that can be decoded: check the file", False),
+    Case(
+        "video-of-garbled-frames",
+        _garbled_video,
+        "holds no frame that can be decoded: check the file; this camera is stopped",
+        False,
+    ),
     Case("image-where-video-expected", _image_as_video, "holds an image (PNG), not a video", False),
     Case("video-where-image-expected", _video_as_image, "holds a video (MP4/MOV), not an image", False),
     Case("frames-of-changing-size", _changing_frame_size, "", False),

@@ -270,7 +270,8 @@ def test_a_models_dir_that_cannot_be_read_is_named_in_one_line(tmp_path: Path, s
 
     assert result.returncode == 2
     assert result.stderr == (
-        f"edged: {path}: models_dir: {unreadable} cannot be read (File name too long): give edged access to it or "
+        f"edged: {path}: models_dir: {unreadable / 'face-detection-adas-binary-0001.yaml'} cannot be read (File name "
+        "too long): give edged access to it or "
         "set models_dir / $EDGED_MODELS_DIR to a folder it can read\n"
     )
 

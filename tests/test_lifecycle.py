@@ -158,6 +158,7 @@ def test_sigterm_while_the_broker_connect_hangs_exits_0_without_waiting_for_it(
         path = write_config(tmp_path / "edged.yaml", base_config(shared_dir, port, cameras))
         with EdgedProcess(path, tmp_path / "edged.log") as edged:
             edged.wait_for_log("camera kept: online")  # the first connect has begun, and hangs for 5 s
+            assert "MQTT" not in edged.log(), "the connect must still hang when the stop comes"
             code, seconds = edged.stop(signal.SIGTERM)
             log = edged.log()
     assert code == 0, log

@@ -452,8 +452,9 @@ def test_a_camera_a_reload_removed_and_added_back_obeys_a_retained_off_again_lik
         subscriber.wait_for_message("edged/front/detect/state", lambda m: m.payload == b"OFF", timeout=TIMEOUT)
         edged.reload(config, write_config(tmp_path, shared_dir, broker, {"back": both["back"]}), until="")
         assert wait_until(lambda: edged.log_text().count("reload done") == 1, TIMEOUT), edged.log_text()
+        readded_at = len(subscriber.messages("edged/front/detections"))
         edged.reload(config, write_config(tmp_path, shared_dir, broker, both), until="camera front: online")
-        subscriber.wait_for_count("edged/front/detections", 2, timeout=TIMEOUT)  # back, and detecting
+        subscriber.wait_for_count("edged/front/detections", readded_at + 2, timeout=TIMEOUT)  # back, and detecting
 
         broker.restart()  # hands the retained OFF over again: for a fresh start, which front now is
         assert wait_until(lambda: edged.log_text().count("detection paused over MQTT") == 2, TIMEOUT), edged.log_text()

@@ -104,13 +104,14 @@ class Supervisor:
                 for name in self._config.cameras:
                     self._start_camera(name, self._config)
             await self._wait_for_broker()
-            log.info(
-                "edged running: %s on %s (%s)",
-                counted(len(self._cameras), "camera"),
-                counted(len(self._engines), "model"),
-                ", ".join(self._engines),
-            )
-            self._lifecycle.ready(self._health().summary)
+            if not self._lifecycle.stop_requested.is_set():  # a stop while waiting: it never was running
+                log.info(
+                    "edged running: %s on %s (%s)",
+                    counted(len(self._cameras), "camera"),
+                    counted(len(self._engines), "model"),
+                    ", ".join(self._engines),
+                )
+                self._lifecycle.ready(self._health().summary)
             watchdog = tasks.create_task(self._lifecycle.watch(self._health), name="watchdog")
             trimmer = tasks.create_task(return_free_memory(), name="return-free-memory")
             while await self._lifecycle.next_request() == "reload":

@@ -163,6 +163,7 @@ def test_sigterm_while_the_broker_connect_hangs_exits_0_without_waiting_for_it(
             log = edged.log()
     assert code == 0, log
     assert seconds < 3, log  # not held up by paho's connect timeout
+    assert "edged running" not in log  # stopped while it waited for the broker: it never said it was running
 
 
 class NotifySocket:

@@ -329,12 +329,13 @@ class Supervisor:
             )
             for name, running in self._cameras.items()
         )
-        stalls = {model: dispatcher.stalled_for(now) for model, dispatcher in self._dispatchers.items()}
-        most_silent = max(stalls, key=lambda model: stalls[model], default="")
+        stalled, most_silent = max(
+            ((dispatcher.stalled_for(now), model) for model, dispatcher in self._dispatchers.items()), default=(0.0, "")
+        )
         return health.assess(
             health.Snapshot(
                 cameras=cameras,
-                inference_stalled=stalls.get(most_silent, 0.0),
+                inference_stalled=stalled,
                 stalled_model=most_silent,
                 mqtt_connected=self._publisher.connected.is_set(),
                 outbox=self._publisher.outbox_depth,

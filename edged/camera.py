@@ -63,8 +63,18 @@ class _Opening:
     source: Source
     selector: FrameSelector
     started: float  # time.monotonic() when the reading began: a real-time file's clock (the wall clock may step)
-    first: int  # the camera's frame index at the opening's first frame
+    first: int  # the camera's frame index at the first frame read at the current rate
+    played: float = 0.0  # seconds of stream before that frame (a looping file read again, maybe at another rate)
     thinning: Thinning = field(default_factory=Thinning)
+
+    def stream_time(self, index: int, fps: float) -> float:
+        return self.played + (index - self.first) / fps
+
+    def replay_from(self, index: int, fps: float) -> None:
+        """A file read again from its start, at `index`, after `fps` frames a second so far: its clock runs on,
+        at whatever rate the file now has (the file may have been replaced by one of another rate, and
+        counting all the frames so far at the new rate would put the next frame minutes into the future)."""
+        self.played, self.first = self.stream_time(index, fps), index
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +194,8 @@ class Camera:
                 self.config.stall_timeout + OPEN_GRACE_S,
                 "opening it",
             )
-            opening = _Opening(source, FrameSelector(self.config.fps), time.monotonic(), self._index)
+            first_index = self._index
+            opening = _Opening(source, FrameSelector(self.config.fps), time.monotonic(), first_index)
             self._still_tensor, self._behind = None, 0.0
             # A file at full speed waits for detection instead of racing ahead: the next frame is
             # decoded while the current one waits, and none is decoded only to be shed.
@@ -197,7 +208,7 @@ class Camera:
                     "reading",
                 )
                 if decoded is None:
-                    if self._index == opening.first:
+                    if self._index == first_index:
                         raise no_frame_error(self.name, self.config)
                     return
                 captured = decoded.captured
@@ -265,6 +276,7 @@ class Camera:
             if not advanced:
                 if source.native_fps is None:
                     raise SourceError(f"camera {self.name}: the stream stopped delivering frames")
+                opening.replay_from(self._index, source.native_fps)
                 if not self.config.loop or not source.rewind() or not (advanced := source.grab()):
                     return None
             self._index += advanced
@@ -279,7 +291,7 @@ class Camera:
             if source.native_fps is None:
                 stream_time, due = now_mono, None  # the fps cap keeps pace on a clock that never steps
             else:
-                stream_time = (index - opening.first) / source.native_fps
+                stream_time = opening.stream_time(index, source.native_fps)
                 due = opening.started + self._behind + stream_time if realtime_file else None
                 if due is not None and now_mono - due > 1.0 / source.native_fps:
                     # The box decodes slower than real time: play on from the newest frame, as a live

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import re
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import openvino as ov
 import pytest
 import yaml
 
-from tests.edged_process import MODEL, EdgedProcess, base_config, write_config
+from tests.edged_process import MODEL, EdgedProcess, base_config, largest_gap, write_config
 
 Config = dict[str, Any]
 
@@ -319,6 +320,37 @@ def test_a_run_whose_only_camera_is_an_unusable_file_exits_2_after_saying_why(
     assert code == 2, log  # not a clean stop: Restart=on-failure and scripts must see it
     _assert_one_clear_line(log, "camera only: cannot open")
     assert "every camera has finished, only on an error (above): stopping" in log
+
+
+def _clip_at(path: Path, image: Path, fps: float, frames: int) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (320, 240))
+    frame = cv2.resize(cv2.imread(str(image)), (320, 240))
+    for _ in range(frames):
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+@pytest.mark.slow
+def test_a_looping_file_replaced_by_one_of_a_lower_frame_rate_plays_on_without_a_pause(
+    tmp_path: Path, shared_dir: Path, broker: Any, subscriber: Any
+) -> None:
+    watcher = subscriber(broker, "edged/#")
+    astronaut = shared_dir / "media/images/astronaut.png"
+    clip = _clip_at(tmp_path / "clip.mp4", astronaut, fps=30.0, frames=30)  # 1 s, played again and again
+    cameras = {"clip": {"url": str(clip)}}  # in real time, looping
+    config = write_config(tmp_path / "edged.yaml", base_config(shared_dir, broker.port, cameras))
+    with EdgedProcess(config, tmp_path / "edged.log") as edged:
+        watcher.wait_for_count("edged/clip/detections", 150, timeout=60)  # five loops and more at 30 fps
+        _clip_at(tmp_path / "slow.mp4", astronaut, fps=5.0, frames=10).replace(clip)
+        replaced = time.monotonic()
+        time.sleep(6.0)  # the old file's last loop, then the new one at 5 fps
+        gap = largest_gap(watcher, "clip", replaced, time.monotonic())
+        code, _ = edged.stop(signal.SIGTERM)
+        log = edged.log()
+    assert code == 0, log
+    # Counting the 150 frames so far at the new rate would have put the next one 25 s into the future.
+    assert gap < 1.5, log
 
 
 @pytest.mark.slow

@@ -110,7 +110,9 @@ class MqttConfig(_Strict):
     # The password comes from one of these; see edged/secrets.py for the order and the reasons.
     password_env: str | None = None  # name of an environment variable
     password_file: Path | None = None
-    credential: str = DEFAULT_CREDENTIAL  # a systemd credential ($CREDENTIALS_DIRECTORY), used when present
+    # A systemd credential ($CREDENTIALS_DIRECTORY): one named here must be there; unnamed, DEFAULT_CREDENTIAL is
+    # used when present.
+    credential: str | None = None
     password: str | None = Field(default=None, repr=False)  # plain text: refused unless allow_plain_password
     allow_plain_password: bool = False
     tls: TlsConfig | None = None
@@ -122,10 +124,14 @@ class MqttConfig(_Strict):
 
     @field_validator("credential")
     @classmethod
-    def _plain_name(cls, value: str) -> str:
-        if not value or value in (".", "..") or "/" in value or "\0" in value:
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value or value in (".", "..") or "/" in value or "\0" in value):
             raise ValueError("must be a plain credential name as given to LoadCredential= (no '/')")
         return value
+
+    @property
+    def credential_name(self) -> str:
+        return self.credential or DEFAULT_CREDENTIAL
 
     @model_validator(mode="before")
     @classmethod
@@ -149,7 +155,8 @@ class MqttConfig(_Strict):
 
     @model_validator(mode="after")
     def _password_rules(self) -> MqttConfig:
-        given = [key for key in ("password", "password_env", "password_file") if getattr(self, key) is not None]
+        sources = ("password", "password_env", "password_file", "credential")
+        given = [key for key in sources if getattr(self, key) is not None]
         if len(given) > 1:
             raise ValueError(f"give the password one way only, not {' and '.join(given)}")
         if self.password is not None and not self.allow_plain_password:

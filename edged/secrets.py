@@ -33,20 +33,26 @@ def mqtt_password(config: MqttConfig, environ: Mapping[str, str], source: Path |
         return _read_password_file(config.password_file, source)
     if config.username is None:
         return None
+    name = config.credential_name
     try:
         # A file we are handed by systemd: a read error is a deployment error worth stopping for.
-        credential = systemd.credential(config.credential)
+        credential = systemd.credential(name)
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(
-            f"{source}: mqtt.credential: cannot read systemd credential {config.credential!r} "
+            f"{source}: mqtt.credential: cannot read systemd credential {name!r} "
             f"({getattr(error, 'strerror', None) or type(error).__name__}): check LoadCredential= in the unit "
             "and that the file is UTF-8 text"
         ) from None
     if credential is None:
+        if config.credential is not None:  # named in the file: a password is expected, not an anonymous login
+            raise ConfigError(
+                f"{source}: mqtt.credential: systemd credential {name!r} was not handed over (no such file in "
+                f"${systemd.CREDENTIALS_DIRECTORY_ENV}, or it is not set): add LoadCredential={name}:<file> to the unit"
+            )
         return None
     if not (value := _first_line(credential)):
         raise ConfigError(
-            f"{source}: mqtt.credential: systemd credential {config.credential!r} is empty: write the broker "
+            f"{source}: mqtt.credential: systemd credential {name!r} is empty: write the broker "
             "password into the file its LoadCredential= line names"
         )
     return value

@@ -57,7 +57,7 @@ def test_reliability_defaults(tmp_path: Path, shared_dir: Path) -> None:
         0,
         1,
     )
-    assert config.mqtt.tls is None and config.mqtt.credential == "mqtt-password"
+    assert config.mqtt.tls is None and config.mqtt.credential_name == "mqtt-password"
 
 
 def test_tls_moves_the_default_port_to_8883_but_an_explicit_port_wins(tmp_path: Path, shared_dir: Path) -> None:
@@ -102,6 +102,8 @@ def test_camera_credentials_never_reach_a_log_line(text: str, shown: str) -> Non
         ("  password_env: PW\n", "", "mqtt: password_env is set but username is not"),
         ("  username: u\n  password_env: A\n  password_file: /x\n", "", "give the password one way only"),
         ("  credential: ../etc/passwd\n", "", "mqtt.credential: must be a plain credential name"),
+        ("  username: u\n  password_file: /x\n  credential: pw\n", "", "not password_file and credential"),
+        ("  credential: pw\n", "", "mqtt: credential is set but username is not"),
         ("  inflight: 0\n", "", "mqtt.inflight"),
     ],
 )
@@ -160,6 +162,7 @@ def test_a_user_without_a_credential_connects_without_a_password(
         ("file-empty", "is empty: write the broker password into it"),
         ("credential-empty", "c: mqtt.credential: systemd credential 'mqtt-password' is empty: write the broker"),
         ("credential-not-utf8", "c: mqtt.credential: cannot read systemd credential 'mqtt-password' \\(Unicode"),
+        ("credential-named-missing", "c: mqtt.credential: systemd credential 'broker-pw' was not handed over"),
     ],
 )
 def test_password_source_errors_name_the_key(
@@ -175,11 +178,12 @@ def test_password_source_errors_name_the_key(
             password_file=tmp_path / "missing",
             password=None,
             password_env=None,
-            credential="mqtt-password",
+            credential=None,
         ),
         "file-empty": MqttConfig(username="u", password_file=tmp_path / "empty"),
         "credential-empty": MqttConfig(username="u"),
         "credential-not-utf8": MqttConfig(username="u"),
+        "credential-named-missing": MqttConfig(username="u", credential="broker-pw"),
     }[setup]
     with pytest.raises(ConfigError, match=expected):
         mqtt_password(config, {}, "c")

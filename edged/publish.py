@@ -35,6 +35,7 @@ from edged.config import MqttConfig
 from edged.secrets import MqttSecurity
 
 log = logging.getLogger("edged.mqtt")
+CLIENT_LOGGER = "edged.mqtt.client"  # aiomqtt's and paho's lines
 
 OFFLINE = b"offline"  # edged's retained status once it is gone, said by edged or by the broker (the will)
 PUBLISH_TIMEOUT_S = 10.0  # an acknowledgement later than this means the connection is dead
@@ -43,6 +44,30 @@ ACK_GRACE_S = 0.05  # after a disconnect, for sends whose acknowledgement alread
 PRECIOUS_KEPT = 256  # events a full outbox keeps ahead of detections (about 7 us per publish to look past)
 INCOMING_QUEUE = 1000  # incoming messages waiting for their handler: a flood of commands cannot grow memory
 _REFUSED_CREDENTIALS = {4, 5, 134, 135}  # MQTT 3.1.1 CONNACK 4/5 and their MQTT 5 reason codes
+
+
+class _BrokerAlerts(logging.Filter):
+    """A TLS alert the broker sent, kept for edged's own line about the connection attempt it ended.
+
+    With TLS 1.3 the broker judges edged's client certificate after the handshake: paho then logs the alert
+    as a socket error in its own words and goes on waiting for an answer until the connect times out, which
+    alone would read as an unreachable broker. The alert is the reason, so it goes into edged's line instead.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alert = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "SSL" not in text or "ALERT" not in text:  # e.g. [SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED]
+            return True
+        self.alert = text.partition("socket: ")[2] or text
+        return False
+
+
+_BROKER_ALERTS = _BrokerAlerts()
+logging.getLogger(CLIENT_LOGGER).addFilter(_BROKER_ALERTS)
 
 MessageHandler = Callable[[str, bytes, bool], None]  # (topic, payload, retained), called on the event loop
 
@@ -139,6 +164,7 @@ class Publisher:
         retry = Retry(self._config.backoff)
         try:
             while not self._closed.is_set():
+                _BROKER_ALERTS.alert = ""  # this attempt's own
                 try:
                     async with self._client() as client:
                         self._on_connected()
@@ -218,7 +244,7 @@ class Publisher:
             tls_context=self._security.tls,
             max_inflight_messages=config.inflight,
             max_queued_incoming_messages=INCOMING_QUEUE,
-            logger=logging.getLogger("edged.mqtt.client"),
+            logger=logging.getLogger(CLIENT_LOGGER),
         )
         # aiomqtt warns past 10 unacknowledged publishes; a full window is the normal state here.
         client.pending_calls_threshold = config.inflight + len(self._retained) + 1
@@ -277,6 +303,16 @@ class Publisher:
             return logging.ERROR, (
                 f"broker {where} refused the credentials of {who} ({code}): check mqtt.username and the password "
                 "(password_file, password_env or the systemd credential) against the broker's password file"
+            )
+        if alert := _BROKER_ALERTS.alert:
+            if "CERTIFICATE" in alert or "UNKNOWN_CA" in alert:
+                return logging.ERROR, (
+                    f"broker {where} refused edged's client certificate ({alert}): check mqtt.tls.cert and "
+                    "mqtt.tls.key (the broker requires one, signed by a CA it trusts and not expired)"
+                )
+            return (
+                logging.ERROR,
+                f"broker {where} ended the TLS session ({alert}): check mqtt.tls and the broker's TLS log",
             )
         text = str(error.__cause__ or error)  # "Disconnected during message iteration" hides the reason
         if "SSL" in text or "certificate" in text:

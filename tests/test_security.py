@@ -101,6 +101,23 @@ def test_a_client_certificate_is_presented_when_the_broker_requires_one(
 
 
 @pytest.mark.slow
+def test_a_broker_that_requires_a_client_certificate_edged_lacks_is_one_clear_tls_error(
+    tmp_path: Path, shared_dir: Path, broker_factory: Any
+) -> None:
+    broker = _secured_broker(broker_factory, require_client_cert=True)
+    (tmp_path / "pw").write_text(SECRET)
+    mqtt = {"username": "edged", "password_file": str(tmp_path / "pw"), "tls": _tls(broker)}  # no cert, no key
+    config = write_config(
+        tmp_path / "edged.yaml", base_config(shared_dir, broker.tls_port, _cameras(shared_dir), **mqtt)
+    )
+    line, log = _line_logged_until_stopped(config, r".*refused edged's client certificate.*")
+    assert "ERROR" in line and "CERTIFICATE_REQUIRED" in line and "mqtt.tls.cert" in line
+    # The reason, said once: not paho's socket error, nor the connect's timeout read as an unreachable broker.
+    assert "failed to receive on socket" not in log and "timed out" not in log
+    assert SECRET not in log and "Traceback" not in log
+
+
+@pytest.mark.slow
 def test_a_wrong_password_is_one_clear_error_and_the_cameras_keep_running(
     tmp_path: Path, shared_dir: Path, broker_factory: Any
 ) -> None:

@@ -7,6 +7,7 @@ edged runs with one. Every failure names the key and what to do, never the secre
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,10 +45,12 @@ def mqtt_password(config: MqttConfig, environ: Mapping[str, str], source: Path |
             "and that the file is UTF-8 text"
         ) from None
     if credential is None:
-        if config.credential is not None:  # named in the file: a password is expected, not an anonymous login
+        # Named in the file and systemd handed credentials over, but not this one: a password is expected, not
+        # an anonymous login. (Outside systemd, say `edged check` in a shell, there is nothing to look in.)
+        if config.credential is not None and os.environ.get(systemd.CREDENTIALS_DIRECTORY_ENV):  # as credential()
             raise ConfigError(
-                f"{source}: mqtt.credential: systemd credential {name!r} was not handed over (no such file in "
-                f"${systemd.CREDENTIALS_DIRECTORY_ENV}, or it is not set): add LoadCredential={name}:<file> to the unit"
+                f"{source}: mqtt.credential: systemd credential {name!r} is not among those handed over in "
+                f"${systemd.CREDENTIALS_DIRECTORY_ENV}: add LoadCredential={name}:<file> to the unit"
             )
         return None
     if not (value := _first_line(credential)):

@@ -147,6 +147,13 @@ def test_a_password_is_the_first_line_whether_edged_or_systemd_reads_the_file(
     assert mqtt_password(MqttConfig(username="u"), {}, "c") == "the-password"
 
 
+def test_a_named_credential_cannot_be_checked_outside_systemd_and_is_not_refused_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)  # `edged check` in a shell
+    assert mqtt_password(MqttConfig(username="u", credential="broker-pw"), {}, "c") is None
+
+
 def test_a_user_without_a_credential_connects_without_a_password(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -162,7 +169,7 @@ def test_a_user_without_a_credential_connects_without_a_password(
         ("file-empty", "is empty: write the broker password into it"),
         ("credential-empty", "c: mqtt.credential: systemd credential 'mqtt-password' is empty: write the broker"),
         ("credential-not-utf8", "c: mqtt.credential: cannot read systemd credential 'mqtt-password' \\(Unicode"),
-        ("credential-named-missing", "c: mqtt.credential: systemd credential 'broker-pw' was not handed over"),
+        ("credential-named-missing", "c: mqtt.credential: systemd credential 'broker-pw' is not among those handed"),
     ],
 )
 def test_password_source_errors_name_the_key(

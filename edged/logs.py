@@ -7,6 +7,8 @@ import sys
 
 from edged.redact import REDACTOR
 
+MQTT_CLIENT_LOGGER = "edged.mqtt.client"  # aiomqtt's and paho's lines, through edged's MQTT client
+
 
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
@@ -17,7 +19,7 @@ def setup_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Library chatter (paho's per-packet debug lines) is not what an operator needs at 3 a.m.
-    for noisy in ("aiomqtt", "paho", "mqtt", "edged.mqtt.client"):
+    for noisy in ("aiomqtt", "paho", "mqtt", MQTT_CLIENT_LOGGER):
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
 
 

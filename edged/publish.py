@@ -32,10 +32,10 @@ from aiomqtt.exceptions import MqttConnectError
 
 from edged.backoff import Retry
 from edged.config import MqttConfig
+from edged.logs import MQTT_CLIENT_LOGGER
 from edged.secrets import MqttSecurity
 
 log = logging.getLogger("edged.mqtt")
-CLIENT_LOGGER = "edged.mqtt.client"  # aiomqtt's and paho's lines
 
 OFFLINE = b"offline"  # edged's retained status once it is gone, said by edged or by the broker (the will)
 PUBLISH_TIMEOUT_S = 10.0  # an acknowledgement later than this means the connection is dead
@@ -67,7 +67,7 @@ class _BrokerAlerts(logging.Filter):
 
 
 _BROKER_ALERTS = _BrokerAlerts()
-logging.getLogger(CLIENT_LOGGER).addFilter(_BROKER_ALERTS)
+logging.getLogger(MQTT_CLIENT_LOGGER).addFilter(_BROKER_ALERTS)
 
 MessageHandler = Callable[[str, bytes, bool], None]  # (topic, payload, retained), called on the event loop
 
@@ -244,7 +244,7 @@ class Publisher:
             tls_context=self._security.tls,
             max_inflight_messages=config.inflight,
             max_queued_incoming_messages=INCOMING_QUEUE,
-            logger=logging.getLogger(CLIENT_LOGGER),
+            logger=logging.getLogger(MQTT_CLIENT_LOGGER),
         )
         # aiomqtt warns past 10 unacknowledged publishes; a full window is the normal state here.
         client.pending_calls_threshold = config.inflight + len(self._retained) + 1

@@ -7,7 +7,6 @@ edged runs with one. Every failure names the key and what to do, never the secre
 
 from __future__ import annotations
 
-import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ def mqtt_password(config: MqttConfig, environ: Mapping[str, str], source: Path |
     if credential is None:
         # Named in the file and systemd handed credentials over, but not this one: a password is expected, not
         # an anonymous login. (Outside systemd, say `edged check` in a shell, there is nothing to look in.)
-        if config.credential is not None and os.environ.get(systemd.CREDENTIALS_DIRECTORY_ENV):  # as credential()
+        if config.credential is not None and systemd.credentials_directory() is not None:
             raise ConfigError(
                 f"{source}: mqtt.credential: systemd credential {name!r} is not among those handed over in "
                 f"${systemd.CREDENTIALS_DIRECTORY_ENV}: add LoadCredential={name}:<file> to the unit"

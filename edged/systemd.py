@@ -267,6 +267,12 @@ def watchdog_interval() -> float | None:
     return usec / 1_000_000
 
 
+def credentials_directory() -> Path | None:
+    """Where systemd put the unit's credentials (``$CREDENTIALS_DIRECTORY``), or None outside such a unit."""
+    directory = os.environ.get(CREDENTIALS_DIRECTORY_ENV)
+    return Path(directory) if directory else None
+
+
 def credential(name: str) -> str | None:
     """Contents of credential ``name`` from ``$CREDENTIALS_DIRECTORY``, trailing newlines stripped.
 
@@ -276,11 +282,10 @@ def credential(name: str) -> str | None:
     """
     if not name or name in {".", ".."} or "/" in name or "\0" in name:
         raise ValueError(f"invalid credential name {name!r}")
-    directory = os.environ.get(CREDENTIALS_DIRECTORY_ENV)
-    if not directory:
+    if (directory := credentials_directory()) is None:
         return None
     try:
-        data = (Path(directory) / name).read_text(encoding="utf-8")
+        data = (directory / name).read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
     return data.rstrip("\r\n")

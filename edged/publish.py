@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import time
 from collections import deque
@@ -68,6 +69,29 @@ class _BrokerAlerts(logging.Filter):
 
 _BROKER_ALERTS = _BrokerAlerts()
 logging.getLogger(MQTT_CLIENT_LOGGER).addFilter(_BROKER_ALERTS)
+
+
+def _tolerate_closed_sockets(loop: asyncio.AbstractEventLoop) -> None:
+    """aiomqtt asks the loop, from paho's connect thread, to watch the socket; when the broker closes it first
+    (a refused TLS session), the loop is handed a file descriptor already closed and logs the failure with a
+    traceback. Nothing is lost (the connect fails and is retried), so that one is a debug line."""
+    previous = loop.get_exception_handler()
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        error, handle = context.get("exception"), repr(context.get("handle"))
+        if (
+            isinstance(error, OSError)
+            and error.errno == errno.EBADF
+            and ("add_writer" in handle or "add_reader" in handle)
+        ):
+            log.debug("MQTT: the socket closed before the loop could watch it: %s", error)
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)
+
 
 MessageHandler = Callable[[str, bytes, bool], None]  # (topic, payload, retained), called on the event loop
 
@@ -162,6 +186,7 @@ class Publisher:
     async def run(self) -> None:
         """Connect, drain, reconnect; returns once `close()` has flushed and said goodbye."""
         retry = Retry(self._config.backoff)
+        _tolerate_closed_sockets(asyncio.get_running_loop())
         try:
             while not self._closed.is_set():
                 _BROKER_ALERTS.alert = ""  # this attempt's own

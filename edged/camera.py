@@ -203,7 +203,7 @@ class Camera:
             while True:
                 self._progress = time.monotonic()
                 decoded = await self._watch(
-                    worker.call(self._next_frame, opening),
+                    worker.call(self._next_frame, opening, deliver=self.slot.deliver),
                     self.config.stall_timeout,
                     "reading",
                 )

@@ -4,6 +4,12 @@ Back-pressure is explicit: a frame is taken from a slot only when a request is f
 model is busy each camera's slot keeps just its newest frame and stale ones are shed and counted.
 Two frames of one camera may be in flight at once and finish in either order; results are released
 per camera in capture order, so subscribers see frame indexes only ever increase.
+
+A frame a camera thread decodes while every request is busy could not be submitted before the next
+result comes back anyway: it waits here without waking the event loop, and reaches its slot in the
+wake-up that result causes. Waking the loop costs the two threads more CPU than the Python it then runs
+(docs/performance-notes.md, sections n and o); so, with the camera thread's own wake-up, the loop wakes
+about once per frame instead of twice while the model is the bottleneck.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 
 from edged.frame import Frame, FrameSlot
 from edged.inference import Engine, Result, ResultCallback
@@ -38,12 +45,14 @@ class Dispatcher:
         self._heard_from = time.monotonic()  # the engine's last sign of life while it had work (see stalled_for)
         self._silence = 0.0  # how long it had been silent when its last inferences were given up on
         self._wake = asyncio.Event()  # a fresh frame arrived or a request came back
+        # Decoded frames on their way to the loop that did not wake it (see _arrive), in arrival order.
+        self._arrivals: deque[Callable[[], None]] = deque()
         self._idle = asyncio.Event()
         self._idle.set()
         self.in_flight = 0
 
     def add_camera(self, camera: str) -> FrameSlot:
-        slot = FrameSlot(camera, self._wake.set)
+        slot = FrameSlot(camera, self._wake.set, self._arrive)
         self._slots[camera] = slot
         return slot
 
@@ -55,9 +64,26 @@ class Dispatcher:
             tasks.create_task(self._give_up_on_lost_inferences(), name=f"lost-inferences-{self._engine.name}")
             await self._feed()
 
+    def _arrive(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[], None]) -> None:
+        """On a camera's thread, with a frame just decoded: wake the loop only if a request may be free.
+
+        Otherwise a result is on its way, and `_feed` delivers the frame once that result has freed a
+        request. The order matters: the frame is queued before the requests are counted, and the loop
+        counts a request free before it looks at the queue (in `_returned`, then `_feed`), so one of the
+        two always sees the other."""
+        self._arrivals.append(deliver)
+        if self.in_flight < self._engine.requests:
+            loop.call_soon_threadsafe(self._deliver_arrivals)
+
+    def _deliver_arrivals(self) -> None:
+        arrivals = self._arrivals
+        while arrivals:
+            arrivals.popleft()()
+
     async def _feed(self) -> None:
         while True:
             self._wake.clear()
+            self._deliver_arrivals()
             if self._request_free() and (frame := self._next_frame()) is not None:
                 self._submit(frame)
                 continue

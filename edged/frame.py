@@ -7,9 +7,13 @@ import asyncio
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from edged.worker import Deliver
 
 Image = NDArray[np.uint8]  # HxWx3 BGR, as OpenCV delivers it
 
@@ -36,11 +40,13 @@ class FrameSlot:
 
     Lives on the event loop (no locks): the camera task puts, the dispatcher takes. A source that
     can wait (a file read as fast as detection goes) awaits `emptied()` instead of being shed, so
-    nothing is decoded only to be thrown away.
+    nothing is decoded only to be thrown away. `deliver`, the one part used from the camera's thread,
+    brings a decoded frame to the loop; by default with `call_soon_threadsafe`, which wakes the loop.
     """
 
-    def __init__(self, camera: str, on_fresh: Callable[[], None]) -> None:
+    def __init__(self, camera: str, on_fresh: Callable[[], None], deliver: Deliver | None = None) -> None:
         self.camera = camera
+        self.deliver = deliver
         self.skipped = 0  # frames replaced before inference could take them
         self.taken = 0  # frames inference took
         self._frame: Frame | None = None

@@ -17,7 +17,7 @@ import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 from edged.priority import CAMERA_NICENESS, nicer_by
 
@@ -26,6 +26,8 @@ log = logging.getLogger("edged.camera")
 T = TypeVar("T")
 _Settle = Callable[[object, BaseException | None], None]  # called on the worker thread with the outcome
 _Job = tuple[Callable[..., Any], tuple[Any, ...], _Settle | None]
+# On the worker's thread: take a callback to the loop (as `call_soon_threadsafe` does).
+Deliver: TypeAlias = Callable[[asyncio.AbstractEventLoop, Callable[[], None]], object]
 
 
 _workers: weakref.WeakSet[Worker] = weakref.WeakSet()
@@ -74,13 +76,18 @@ class Worker:
         _workers.add(self)
 
     def call(
-        self, function: Callable[..., T], *args: object, discard: Callable[[T], object] | None = None
+        self,
+        function: Callable[..., T],
+        *args: object,
+        discard: Callable[[T], object] | None = None,
+        deliver: Deliver | None = None,
     ) -> asyncio.Future[T]:
         """Run `function(*args)` on the thread; its outcome arrives as a future the caller awaits, and may also
         cancel or fail (a watchdog that gave up on the thread) without stopping a call already running.
 
         `discard` runs with a result nobody waits for any more (say, a capture opened after its camera
-        gave up on it), so that it is released rather than leaked.
+        gave up on it), so that it is released rather than leaked. `deliver` takes the outcome to the loop
+        (on the worker's thread); by default `call_soon_threadsafe`.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
@@ -104,7 +111,10 @@ class Worker:
                     future.set_result(result)  # type: ignore[arg-type]
 
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
-                loop.call_soon_threadsafe(on_loop)
+                if deliver is None:
+                    loop.call_soon_threadsafe(on_loop)
+                else:
+                    deliver(loop, on_loop)
 
         self._jobs.put((function, args, settle))
         return future

@@ -214,6 +214,55 @@ async def test_a_frame_waiting_for_a_request_held_by_a_given_up_inference_goes_i
     assert (dispatcher.lost, dispatcher.in_flight) == (1, 0)
 
 
+async def _decoded_while_every_request_is_busy(
+    engine: _EngineHoldingBackTheFirstResult, lost_after: float
+) -> list[str]:
+    """Frame 0 holds the only request; frame 1 is decoded on a camera's thread meanwhile: what happened, in order."""
+    happened: list[str] = []
+    dispatcher = Dispatcher(
+        engine, lambda result: happened.append(f"result {result.frame.index}"), lost_after=lost_after
+    )
+    slot = dispatcher.add_camera("door")
+    worker = Worker("camera-door")
+    image = np.zeros((300, 300, 3), np.uint8)
+
+    def decode(index: int) -> Frame:
+        return Frame("door", index, time.time(), image, engine.prepare(image))
+
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        await _infer_each(slot, engine, range(1))
+        frame = await asyncio.wait_for(worker.call(decode, 1, deliver=slot.deliver), 10)
+        happened.append("frame 1 decoded")
+        await _infer_each(slot, engine, range(1, 2))
+        await asyncio.wait_for(dispatcher.drain(), 10)
+        assert frame.index == 1
+    finally:
+        task.cancel()
+        worker.close()
+    return happened
+
+
+async def test_a_frame_decoded_while_every_request_is_busy_arrives_with_the_result_that_frees_one(
+    shared_dir: Path,
+) -> None:
+    engine = _EngineHoldingBackTheFirstResult(_retail(shared_dir, requests=1))
+    engine.late_by = 1.0
+    # The decoded frame did not wake the loop: it came with the result (no request was free before it).
+    assert await _decoded_while_every_request_is_busy(engine, lost_after=15.0) == [
+        "result 0",
+        "frame 1 decoded",
+        "result 1",
+    ]
+
+
+async def test_a_frame_decoded_while_the_only_request_is_lost_arrives_when_that_inference_is_given_up(
+    shared_dir: Path,
+) -> None:
+    engine = _EngineHoldingBackTheFirstResult(_retail(shared_dir, requests=1))  # frame 0's result never comes
+    assert await _decoded_while_every_request_is_busy(engine, lost_after=1.0) == ["frame 1 decoded", "result 1"]
+
+
 IDLE_S = 2.0  # before the first frame: an idle engine is not a silent one
 
 

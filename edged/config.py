@@ -222,8 +222,8 @@ class CameraConfig(_Strict):
     @classmethod
     def _readable_source(cls, url: str) -> str:
         kind = source_kind(url)  # raises for unsupported schemes
-        if kind in ("rtsp", "http") and not urlsplit(url).hostname:
-            raise ValueError(f"no host in {redact_url(url)!r}: give the camera's address, e.g. rtsp://host:554/path")
+        if kind in ("rtsp", "http"):
+            _check_stream_address(url)
         if kind in ("video", "image"):
             _existing_file(Path(url), f"file not found: {url}: give a video or image file, a stream URL or a device")
         return url
@@ -535,6 +535,22 @@ def _relative_to(base: Path, value: str) -> Path:
     except RuntimeError:  # `~someone/...` for a user this machine does not have
         raise ConfigError(f"{value}: '~' names no user of this machine: write the full path") from None
     return path if path.is_absolute() else (base / path).resolve()
+
+
+def _check_stream_address(url: str) -> None:
+    """A host, and a port a connection can use: else ValueError (found here, not at the first connect)."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ValueError(f"no host in {redact_url(url)!r}: give the camera's address, e.g. rtsp://host:554/path")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or above 65535
+        port = 0
+    if port == 0:
+        raise ValueError(
+            f"the port in {redact_url(url)!r} is not a number from 1 to 65535: give the camera's port, "
+            "or leave it out for the scheme's own (554 for rtsp, 80 for http)"
+        )
 
 
 def _existing_file(path: Path, missing: str) -> Path:

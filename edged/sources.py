@@ -24,10 +24,12 @@ from edged.config import CameraConfig
 from edged.convert import BgrConverter
 from edged.errors import EdgedError
 from edged.frame import BufferPool, Image
+from edged.http_camera import refusal
 from edged.priority import at_lowest_priority
 from edged.sniff import sniff
 
 IMAGE_DEFAULT_FPS = 1.0  # an image camera repeats its image at this rate unless `fps` says otherwise
+HTTP_PROBE_S = 5.0  # at most this long to ask an HTTP camera that cannot be opened why
 _MJPEG_SUFFIXES = (".mjpeg", ".mjpg", ".mjp")
 _DEFAULT_FILE_FPS = 25.0  # a file that does not say its frame rate
 _LONGEST_SKIP = 16  # frames: more than a decoder ever skips in a row (runs of B frames are shorter)
@@ -279,7 +281,10 @@ class CaptureSource:
             capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG, timeouts)
         if not capture.isOpened():
             capture.release()
-            raise _open_error(self._camera, self._config, f"cannot open {self._config.safe_url}")
+            problem = f"cannot open {self._config.safe_url}"
+            if kind == "http" and (why := refusal(url, min(self._config.stall_timeout, HTTP_PROBE_S))) is not None:
+                problem += f" ({why})"
+            raise _open_error(self._camera, self._config, problem)
         return capture
 
     def grab(self) -> int:

@@ -25,7 +25,10 @@ import openvino as ov
 import pytest
 import yaml
 
+from edged.config import CameraConfig
+from edged.sources import SourceError, open_source
 from tests.edged_process import MODEL, EdgedProcess, base_config, largest_gap, write_config
+from tests.support.mjpeg import MjpegServer
 
 Config = dict[str, Any]
 
@@ -191,6 +194,12 @@ CASES = [
     Case(
         "camera-url-without-host", _set("cameras.good.url", "rtsp://"), "cameras.good.url: no host in 'rtsp://'", True
     ),
+    Case(
+        "camera-url-port-out-of-range",
+        _set("cameras.good.url", "rtsp://cam:99999/live"),
+        "cameras.good.url: the port in 'rtsp://cam:99999/live' is not a number from 1 to 65535",
+        True,
+    ),
     Case("unsupported-url-scheme", _set("cameras.good.url", "ftp://cam/x"), "unsupported URL scheme 'ftp'", True),
     Case("video-file-missing", _set("cameras.good.url", "/nonexistent/cam.mp4"), "file not found", True),
     Case("bad-camera-name", _set("cameras.a/b", {"url": "0"}), "a camera name may only contain", True),
@@ -225,6 +234,12 @@ CASES = [
     ),
     # -- one camera's input, while another camera runs ---------------------------------------------
     Case("rtsp-host-unreachable", _unreachable_rtsp, "camera bad: cannot open rtsp://127.0.0.1:1/stream", False),
+    Case(
+        "mjpeg-nothing-listening",
+        _set("cameras.bad", {"url": "http://127.0.0.1:1/video.mjpg", "backoff": {"min": 0.5, "max": 1.0}}),
+        "camera bad: cannot open http://127.0.0.1:1/video.mjpg (Connection refused): check the URL",
+        False,
+    ),
     Case("video-corrupt", _random_bytes_video, "camera bad: cannot open", False),
     Case("video-truncated", _truncated_video, "the file is corrupt, truncated or not a video", False),
     Case(
@@ -373,3 +388,13 @@ def test_a_file_that_goes_away_and_comes_back_is_read_again(
         log = edged.log()
     assert code == 0, log
     assert "Traceback" not in log
+
+
+def test_an_http_camera_that_answers_an_error_is_reported_with_its_answer(mjpeg_server: MjpegServer) -> None:
+    wrong_path = mjpeg_server.url.replace("/video.mjpg", "/no-such-stream.mjpg")
+    with pytest.raises(SourceError) as refused:
+        open_source("door", CameraConfig(url=wrong_path, stall_timeout=2.0))
+    assert str(refused.value) == (
+        f"camera door: cannot open {wrong_path} (the camera answered 404 Not Found): check the URL, the credentials "
+        "and that the camera is reachable"
+    )

@@ -112,6 +112,7 @@ class Camera:
         self._last_arrival = 0.0  # a live stream's latest capture time: timestamps never go back
         self._progress = time.monotonic()  # last sign of life from the capture thread
         self._watched: _Watched | None = None  # the capture thread's call being awaited, if any
+        self._streaming = asyncio.Event()  # set while a source is opened or read: the watchdog has work
         self._size: tuple[int, int] | None = None
         self._size_change_logged = False
         self._still_tensor: Image | None = None  # a still camera's image, prepared once per opening
@@ -188,6 +189,7 @@ class Camera:
         worker = self._worker
         self._progress = time.monotonic()
         source: Source | None = None
+        self._streaming.set()
         try:
             source = await self._watch(
                 worker.call(open_source, self.name, self.config, discard=_release),
@@ -225,6 +227,7 @@ class Camera:
                 self.last_frame = time.monotonic()
                 self.slot.put(Frame(self.name, decoded.index, captured, decoded.image, decoded.tensor))
         finally:
+            self._streaming.clear()
             if source is not None:
                 # Queued behind any read still running in that thread: never blocks the loop, and a
                 # capture is only ever touched by the thread that opened it.
@@ -249,6 +252,8 @@ class Camera:
         fresh one, and the camera goes through its usual retry."""
         period = min(1.0, self.config.stall_timeout / 4)
         while True:
+            # Not between attempts: a camera that is down would otherwise wake edged every second for nothing.
+            await self._streaming.wait()
             await asyncio.sleep(period)
             watched = self._watched
             if watched is None or watched.call.done() or time.monotonic() - self._progress <= watched.limit:

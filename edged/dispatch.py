@@ -49,6 +49,7 @@ class Dispatcher:
         self._arrivals: deque[Callable[[], None]] = deque()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._busy = asyncio.Event()  # the opposite of _idle: some frame is in flight
         self.in_flight = 0
 
     def add_camera(self, camera: str) -> FrameSlot:
@@ -125,6 +126,7 @@ class Dispatcher:
             self._heard_from = time.monotonic() - self._silence  # the time with nothing to do is not silence
         self.in_flight += 1
         self._idle.clear()
+        self._busy.set()
         in_order = self._in_order.setdefault(frame.camera, deque())
         in_order.append((frame, time.monotonic()))
         try:
@@ -137,6 +139,7 @@ class Dispatcher:
             )
             if self.in_flight == 0:
                 self._idle.set()
+                self._busy.clear()
 
     def _completed(self, result: Result) -> None:
         self._heard_from, self._silence = time.monotonic(), 0.0
@@ -153,6 +156,7 @@ class Dispatcher:
         self.in_flight -= 1
         if self.in_flight == 0:
             self._idle.set()
+            self._busy.clear()
         self._wake.set()
 
     def _release(self, camera: str) -> None:
@@ -164,6 +168,7 @@ class Dispatcher:
 
     async def _give_up_on_lost_inferences(self) -> None:
         while True:
+            await self._busy.wait()  # nothing in flight, nothing to give up on: no tick while edged is idle
             await asyncio.sleep(min(LOST_CHECK_S, self._lost_after / 2))
             deadline = time.monotonic() - self._lost_after
             for camera, in_order in self._in_order.items():

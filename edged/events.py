@@ -138,6 +138,10 @@ class EventTracker:
             return Observation((message,), self._snap(box) if improved else None)
         return Observation((), self._snap(box) if improved else None)
 
+    def any_open(self) -> bool:
+        """Whether some camera has a face event open (one that `expire` may have to end)."""
+        return any(state.event is not None for state in self._cameras.values())
+
     def has_event(self, camera: str) -> bool:
         """Whether a face event of `camera` is open."""
         return (state := self._cameras.get(camera)) is not None and state.event is not None

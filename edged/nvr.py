@@ -38,6 +38,7 @@ class Nvr:
         self.control = DetectControl(publisher, self._state_qos)
         events, snapshots = config.events, config.snapshots
         self._tracker = EventTracker(events.min_frames, events.end_after, snapshots.enabled) if events.enabled else None
+        self._events_changed = asyncio.Event()  # an observation started, updated or ended a face event
         self._snapshots = (
             Snapshotter(snapshots, self._publish_snapshot) if events.enabled and snapshots.enabled else None
         )
@@ -122,6 +123,8 @@ class Nvr:
             )
         for event in observation.events:
             self._publish_event(event)
+        if observation.events:
+            self._events_changed.set()
 
     async def shut_down(self) -> None:
         """After the last result: render pending snapshots, end open events, a last stats message, stop serving
@@ -143,6 +146,9 @@ class Nvr:
         """End the events of cameras that stopped producing frames (paused, offline, finished)."""
         assert self._tracker is not None
         while True:
+            if not self._tracker.any_open():  # nothing to end: no tick (an idle edged stays asleep)
+                self._events_changed.clear()
+                await self._events_changed.wait()
             await asyncio.sleep(EXPIRE_TICK_S)
             for event in self._tracker.expire(time.time()):
                 self._publish_event(event)

@@ -348,6 +348,21 @@ def test_detect_off_stops_detections_of_that_camera_only_and_on_resumes_them(
 
 
 @pytest.mark.slow
+def test_a_face_event_ends_end_after_seconds_once_its_camera_stops_giving_frames(
+    tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
+) -> None:
+    cameras = {"front": front_and_back(media_dir)["front"]}
+    config = write_config(tmp_path, shared_dir, broker, cameras, events={"min_frames": 2, "end_after": 1.0})
+    with Subscriber(broker.host, broker.port, "edged/#") as subscriber, edged_running(config) as edged:
+        subscriber.wait_for_message("edged/events", lambda m: json.loads(m.payload)["type"] == "new", timeout=TIMEOUT)
+        subscriber.publish("edged/front/detect/set", "OFF")  # no more frames: nothing else would end the event
+        off = subscriber.wait_for_message("edged/front/detect/state", lambda m: m.payload == b"OFF", timeout=TIMEOUT)
+        end = subscriber.wait_for_message("edged/events", lambda m: json.loads(m.payload)["type"] == "end", timeout=10)
+        assert end.received_at - off.received_at < 3.0  # end_after, and the check's quarter-second tick
+        assert edged.stop() == 0, edged.log_text()
+
+
+@pytest.mark.slow
 def test_invalid_detect_commands_are_ignored_with_a_warning(
     tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
 ) -> None:

@@ -13,7 +13,8 @@ from urllib.parse import unquote, urlsplit
 
 
 def refusal(url: str, timeout: float) -> str | None:
-    """What stops a GET of `url` (`Connection refused`, `404 Not Found`, ...); None if the camera answers it.
+    """What stops a GET of `url` (`Connection refused`, `404 Not Found`, a web page where the stream should be);
+    None if the camera answers it with what could be a stream.
 
     On the camera's own thread: it blocks for up to `timeout`. Credentials in the URL go as Basic auth, as
     FFmpeg sends them; TLS is not verified, as FFmpeg does not by default."""
@@ -33,6 +34,9 @@ def refusal(url: str, timeout: float) -> str | None:
         connection.close()
     if response.status >= 400:
         return f"the camera answered {response.status} {response.reason}"
+    content = response.getheader("Content-Type", "").split(";")[0].strip().lower()
+    if content.startswith(("text/", "application/json")):  # a web page: the camera's UI rather than its stream
+        return f"the camera answered with {content}, not a video stream"
     return None
 
 

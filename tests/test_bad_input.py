@@ -9,9 +9,12 @@ publishing, and SIGTERM still ends the run with exit 0.
 
 from __future__ import annotations
 
+import functools
+import http.server
 import itertools
 import re
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -398,3 +401,20 @@ def test_an_http_camera_that_answers_an_error_is_reported_with_its_answer(mjpeg_
         f"camera door: cannot open {wrong_path} (the camera answered 404 Not Found): check the URL, the credentials "
         "and that the camera is reachable"
     )
+
+
+def test_an_http_camera_url_that_gives_a_web_page_is_reported_as_not_a_video_stream(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("<html><body>camera settings</body></html>")
+    handler = functools.partial(_QuietFiles, directory=str(tmp_path))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/index.html"
+        with pytest.raises(SourceError) as refused:
+            open_source("door", CameraConfig(url=url, stall_timeout=2.0))
+        server.shutdown()
+    assert f"cannot open {url} (the camera answered with text/html, not a video stream)" in str(refused.value)
+
+
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        return

@@ -79,7 +79,10 @@ class Dispatcher:
     def _deliver_arrivals(self) -> None:
         arrivals = self._arrivals
         while arrivals:
-            arrivals.popleft()()
+            try:
+                arrivals.popleft()()
+            except Exception:  # as the loop treats a failing callback: said, and the others still delivered
+                log.exception("model %s: a decoded frame could not be handed to its camera", self._engine.name)
 
     async def _feed(self) -> None:
         while True:

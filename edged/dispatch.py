@@ -128,8 +128,7 @@ class Dispatcher:
         if self.in_flight == 0:
             self._heard_from = time.monotonic() - self._silence  # the time with nothing to do is not silence
         self.in_flight += 1
-        self._idle.clear()
-        self._busy.set()
+        self._track_idle()
         in_order = self._in_order.setdefault(frame.camera, deque())
         in_order.append((frame, time.monotonic()))
         try:
@@ -140,9 +139,7 @@ class Dispatcher:
             log.exception(
                 "camera %s: frame %d could not be submitted to model %s", frame.camera, frame.index, self._engine.name
             )
-            if self.in_flight == 0:
-                self._idle.set()
-                self._busy.clear()
+            self._track_idle()
 
     def _completed(self, result: Result) -> None:
         self._heard_from, self._silence = time.monotonic(), 0.0
@@ -157,10 +154,17 @@ class Dispatcher:
 
     def _returned(self) -> None:
         self.in_flight -= 1
-        if self.in_flight == 0:
+        self._track_idle()
+        self._wake.set()
+
+    def _track_idle(self) -> None:
+        """`_idle` and `_busy` follow `in_flight`: one to wait for the last result, the other for the first frame."""
+        if self.in_flight:
+            self._idle.clear()
+            self._busy.set()
+        else:
             self._idle.set()
             self._busy.clear()
-        self._wake.set()
 
     def _release(self, camera: str) -> None:
         """Hand over the camera's results that no older frame in flight holds back, in capture order."""

@@ -205,7 +205,9 @@ class Camera:
             while True:
                 self._progress = time.monotonic()
                 decoded = await self._watch(
-                    worker.call(self._next_frame, opening, deliver=self.slot.deliver),
+                    # Paced by detection, a frame may wait to be delivered until a request is free (see
+                    # edged/dispatch.py); a live stream's next read must not wait for that.
+                    worker.call(self._next_frame, opening, deliver=self.slot.deliver if paced_by_detection else None),
                     self.config.stall_timeout,
                     "reading",
                 )
@@ -257,6 +259,8 @@ class Camera:
             await asyncio.sleep(period)
             watched = self._watched
             if watched is None or watched.call.done() or time.monotonic() - self._progress <= watched.limit:
+                continue
+            if not self._worker.busy:  # the call is over on the thread; its frame waits for a free request
                 continue
             self._worker = Worker(f"camera-{self.name}")
             watched.call.set_exception(

@@ -71,6 +71,7 @@ class Worker:
     def __init__(self, name: str) -> None:
         self.name = name
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._running = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         _workers.add(self)
@@ -134,17 +135,26 @@ class Worker:
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
 
+    @property
+    def busy(self) -> bool:
+        """Whether a call is running on the thread right now (not: waiting for one, or done with one whose outcome
+        has not reached the loop yet)."""
+        return self._running
+
     def _run(self) -> None:
         nicer_by(CAMERA_NICENESS)  # see edged/priority.py
         while (job := self._jobs.get()) is not None:
             function, args, settle = job
+            self._running = True
             try:
                 result = function(*args)
             except BaseException as error:
+                self._running = False
                 if settle is None:
                     log.debug("%s: background call %s failed: %s", self.name, getattr(function, "__name__", "?"), error)
                 else:
                     settle(None, error)
             else:
+                self._running = False
                 if settle is not None:
                     settle(result, None)

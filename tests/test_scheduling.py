@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edged.camera import Camera
 from edged.config import CameraConfig
 from edged.dispatch import Dispatcher
 from edged.frame import Frame, FrameSlot
@@ -263,6 +264,28 @@ async def test_a_frame_decoded_while_the_only_request_is_lost_arrives_when_that_
     assert await _decoded_while_every_request_is_busy(engine, lost_after=1.0) == ["frame 1 decoded", "result 1"]
 
 
+async def test_a_file_camera_whose_frame_waits_for_a_slow_model_is_not_declared_stalled(
+    shared_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = _EngineHoldingBackTheFirstResult(_retail(shared_dir, requests=1))
+    engine.late_by, engine.every = 2.0, True  # every result comes back after twice the camera's stall_timeout
+    results: list[int] = []
+    dispatcher = Dispatcher(engine, lambda result: results.append(result.frame.index))
+    config = CameraConfig(url=str(shared_dir / "media" / "classroom.mp4"), realtime=False, stall_timeout=1.0)
+    camera = Camera("door", config, dispatcher.add_camera("door"), engine.preparer(), lambda name, online: None)
+    tasks = [asyncio.create_task(dispatcher.run()), asyncio.create_task(camera.run())]
+    try:
+        await asyncio.sleep(5.0)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert results[:2] == [0, 1]  # the frame decoded meanwhile went in once the model gave the first result back
+    assert camera.reconnects == 0
+    assert "stalled" not in caplog.text
+
+
+IDLE_S = 2.0  # before the first frame: an idle engine is not a silent one
 IDLE_S = 2.0  # before the first frame: an idle engine is not a silent one
 
 

@@ -6,43 +6,49 @@ is wrong or the credentials are refused: one request for the response's status l
 
 from __future__ import annotations
 
-import base64
 import http.client
 import ssl
-from urllib.parse import unquote, urlsplit
+import urllib.request
+from urllib.error import HTTPError, URLError
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 
 def refusal(url: str, timeout: float) -> str | None:
     """What stops a GET of `url` (`Connection refused`, `404 Not Found`, a web page where the stream should be);
-    None if the camera answers it with what could be a stream.
+    None if the camera answers it with what could be a stream, or if the question itself fails.
 
-    On the camera's own thread: it blocks for up to `timeout`. Credentials in the URL go as Basic auth, as
-    FFmpeg sends them; TLS is not verified, as FFmpeg does not by default."""
-    parts = urlsplit(url)
-    connection = _connection(parts.scheme, parts.hostname or "", parts.port, timeout)
-    headers = {}
-    if parts.username is not None:
-        userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        headers["Authorization"] = "Basic " + base64.b64encode(userinfo.encode()).decode("ascii")
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    On the camera's own thread: each step (connecting, the answer) may take up to `timeout`. As FFmpeg does,
+    credentials in the URL are sent only when the camera asks for them (Basic or Digest), and TLS is not
+    verified. The reason never quotes the URL."""
     try:
-        connection.request("GET", target, headers=headers)
-        response = connection.getresponse()  # the status line and headers: the body (the stream) is not read
-    except (OSError, http.client.HTTPException) as error:
-        return str(getattr(error, "strerror", None) or error or type(error).__name__)
-    finally:
-        connection.close()
-    if response.status >= 400:
-        return f"the camera answered {response.status} {response.reason}"
-    content = response.getheader("Content-Type", "").split(";")[0].strip().lower()
-    if content.startswith(("text/", "application/json")):  # a web page: the camera's UI rather than its stream
-        return f"the camera answered with {content}, not a video stream"
-    return None
+        return _ask(url, timeout)
+    except Exception:  # a URL urllib cannot even send (say, a non-ASCII path): no reason rather than a crash
+        return None
 
 
-def _connection(scheme: str, host: str, port: int | None, timeout: float) -> http.client.HTTPConnection:
-    if scheme.lower() != "https":
-        return http.client.HTTPConnection(host, port, timeout=timeout)
+def _ask(url: str, timeout: float) -> str | None:
+    parts = urlsplit(url)
+    bare = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path or "/", parts.query, ""))
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    return http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.HTTPSHandler(context=context)]
+    if parts.username is not None:
+        passwords = urllib.request.HTTPPasswordMgrWithDefaultRealm()
+        passwords.add_password(None, bare, unquote(parts.username), unquote(parts.password or ""))
+        handlers += [urllib.request.HTTPBasicAuthHandler(passwords), urllib.request.HTTPDigestAuthHandler(passwords)]
+    try:
+        # The status line and headers: the body (the stream) is not read.
+        with urllib.request.build_opener(*handlers).open(bare, timeout=timeout) as response:
+            content = response.headers.get_content_type()
+    except HTTPError as error:
+        return f"the camera answered {error.code} {error.reason}"
+    except URLError as error:
+        reason = error.reason
+        return reason.strerror or str(reason) if isinstance(reason, OSError) else None
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except (OSError, http.client.HTTPException) as error:  # the connection broke while waiting for the answer
+        return getattr(error, "strerror", None) or type(error).__name__
+    if content.startswith("text/") or content == "application/json":  # the camera's web UI, not its stream
+        return f"the camera answered with {content}, not a video stream"
+    return None

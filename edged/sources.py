@@ -29,7 +29,9 @@ from edged.priority import at_lowest_priority
 from edged.sniff import sniff
 
 IMAGE_DEFAULT_FPS = 1.0  # an image camera repeats its image at this rate unless `fps` says otherwise
-HTTP_PROBE_S = 5.0  # at most this long to ask an HTTP camera that cannot be opened why
+# At most this long to ask an HTTP camera that cannot be opened why (half to connect, half for the answer):
+# within the grace the camera's watchdog gives an opening beyond `stall_timeout`.
+HTTP_PROBE_S = 4.0
 _MJPEG_SUFFIXES = (".mjpeg", ".mjpg", ".mjp")
 _DEFAULT_FILE_FPS = 25.0  # a file that does not say its frame rate
 _LONGEST_SKIP = 16  # frames: more than a decoder ever skips in a row (runs of B frames are shorter)
@@ -282,7 +284,7 @@ class CaptureSource:
         if not capture.isOpened():
             capture.release()
             problem = f"cannot open {self._config.safe_url}"
-            if kind == "http" and (why := refusal(url, min(self._config.stall_timeout, HTTP_PROBE_S))) is not None:
+            if kind == "http" and (why := refusal(url, min(self._config.stall_timeout, HTTP_PROBE_S) / 2)) is not None:
                 problem += f" ({why})"
             raise _open_error(self._camera, self._config, problem)
         return capture

@@ -9,6 +9,7 @@ publishing, and SIGTERM still ends the run with exit 0.
 
 from __future__ import annotations
 
+import base64
 import functools
 import http.server
 import itertools
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import av
 import cv2
@@ -29,6 +30,7 @@ import pytest
 import yaml
 
 from edged.config import CameraConfig
+from edged.http_camera import refusal
 from edged.sources import SourceError, open_source
 from tests.edged_process import MODEL, EdgedProcess, base_config, largest_gap, write_config
 from tests.support.mjpeg import MjpegServer
@@ -418,3 +420,41 @@ def test_an_http_camera_url_that_gives_a_web_page_is_reported_as_not_a_video_str
 class _QuietFiles(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         return
+
+
+class _CameraWantingBasicAuth(http.server.BaseHTTPRequestHandler):
+    """Answers 401 with a Basic challenge unless given edged:right, then 404; records what each request sent."""
+
+    seen: ClassVar[list[str | None]] = []
+
+    def do_GET(self) -> None:
+        sent = self.headers.get("Authorization")
+        self.seen.append(sent)
+        if sent != "Basic " + base64.b64encode(b"edged:right").decode():
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="camera"')
+            self.end_headers()
+            return
+        self.send_error(404)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+@pytest.mark.parametrize(("password", "answer"), [("right", "404 Not Found"), ("wrong", "401 Unauthorized")])
+def test_an_http_cameras_password_goes_out_only_when_the_camera_asks_for_it(password: str, answer: str) -> None:
+    _CameraWantingBasicAuth.seen = []
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CameraWantingBasicAuth) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://edged:{password}@127.0.0.1:{server.server_address[1]}/video.mjpg"
+        reason = refusal(url, 2.0)
+        server.shutdown()
+    assert reason == f"the camera answered {answer}"
+    assert _CameraWantingBasicAuth.seen[0] is None  # the first request carries no password, as FFmpeg's does
+
+
+def test_an_http_camera_url_the_probe_cannot_send_still_gives_the_cameras_usual_line() -> None:
+    url = "http://127.0.0.1:1/caméra.mjpg"  # urllib refuses a non-ASCII path: no reason, and no crash either
+    with pytest.raises(SourceError) as refused:
+        open_source("door", CameraConfig(url=url, stall_timeout=2.0))
+    assert str(refused.value).startswith(f"camera door: cannot open {url}: check the URL")

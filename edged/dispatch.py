@@ -5,8 +5,8 @@ model is busy each camera's slot keeps just its newest frame and stale ones are 
 Two frames of one camera may be in flight at once and finish in either order; results are released
 per camera in capture order, so subscribers see frame indexes only ever increase.
 
-A frame a camera thread decodes while every request is busy could not be submitted before the next
-result comes back anyway: it waits here without waking the event loop, and reaches its slot in the
+A frame that a file camera at full speed decodes while every request is busy could not be submitted
+before the next result comes back anyway: it waits here without waking the event loop, and reaches its slot in the
 wake-up that result causes. Waking the loop costs the two threads more CPU than the Python it then runs
 (docs/performance-notes.md, sections n and o); so, with the camera thread's own wake-up, the loop wakes
 about once per frame instead of twice while the model is the bottleneck.

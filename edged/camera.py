@@ -202,12 +202,13 @@ class Camera:
             # A file at full speed waits for detection instead of racing ahead: the next frame is
             # decoded while the current one waits, and none is decoded only to be shed.
             paced_by_detection = source.native_fps is not None and not self.config.realtime
+            # Paced by detection, a frame may wait to be delivered until a request is free (see edged/dispatch.py);
+            # a live stream's next read must not wait for that.
+            deliver = self.slot.deliver if paced_by_detection else None
             while True:
                 self._progress = time.monotonic()
                 decoded = await self._watch(
-                    # Paced by detection, a frame may wait to be delivered until a request is free (see
-                    # edged/dispatch.py); a live stream's next read must not wait for that.
-                    worker.call(self._next_frame, opening, deliver=self.slot.deliver if paced_by_detection else None),
+                    worker.call(self._next_frame, opening, deliver=deliver),
                     self.config.stall_timeout,
                     "reading",
                 )

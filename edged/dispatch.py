@@ -87,7 +87,8 @@ class Dispatcher:
     async def _feed(self) -> None:
         while True:
             self._wake.clear()
-            self._deliver_arrivals()
+            if self._arrivals:
+                self._deliver_arrivals()
             if self._request_free() and (frame := self._next_frame()) is not None:
                 self._submit(frame)
                 continue

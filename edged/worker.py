@@ -33,6 +33,10 @@ Deliver: TypeAlias = Callable[[asyncio.AbstractEventLoop, Callable[[], None]], o
 _workers: weakref.WeakSet[Worker] = weakref.WeakSet()
 
 
+def _call_soon_threadsafe(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    loop.call_soon_threadsafe(callback)
+
+
 def busy_workers() -> list[str]:
     """Names of worker threads still running a call (say, a read stuck on a hung camera)."""
     return sorted(worker.name for worker in list(_workers) if worker.alive)
@@ -112,10 +116,7 @@ class Worker:
                     future.set_result(result)  # type: ignore[arg-type]
 
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
-                if deliver is None:
-                    loop.call_soon_threadsafe(on_loop)
-                else:
-                    deliver(loop, on_loop)
+                (deliver or _call_soon_threadsafe)(loop, on_loop)
 
         self._jobs.put((function, args, settle))
         return future
@@ -147,14 +148,11 @@ class Worker:
             function, args, settle = job
             self._running = True
             try:
-                result = function(*args)
-            except BaseException as error:
-                self._running = False
-                if settle is None:
-                    log.debug("%s: background call %s failed: %s", self.name, getattr(function, "__name__", "?"), error)
-                else:
-                    settle(None, error)
-            else:
-                self._running = False
-                if settle is not None:
-                    settle(result, None)
+                result, error = function(*args), None
+            except BaseException as failure:
+                result, error = None, failure
+            self._running = False
+            if settle is not None:
+                settle(result, error)
+            elif error is not None:
+                log.debug("%s: background call %s failed: %s", self.name, getattr(function, "__name__", "?"), error)

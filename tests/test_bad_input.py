@@ -10,6 +10,7 @@ publishing, and SIGTERM still ends the run with exit 0.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import http.server
 import itertools
@@ -17,7 +18,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -407,14 +408,22 @@ def test_an_http_camera_that_answers_an_error_is_reported_with_its_answer(mjpeg_
 
 def test_an_http_camera_url_that_gives_a_web_page_is_reported_as_not_a_video_stream(tmp_path: Path) -> None:
     (tmp_path / "index.html").write_text("<html><body>camera settings</body></html>")
-    handler = functools.partial(_QuietFiles, directory=str(tmp_path))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        url = f"http://127.0.0.1:{server.server_address[1]}/index.html"
+    with _serving(functools.partial(_QuietFiles, directory=str(tmp_path))) as port:
+        url = f"http://127.0.0.1:{port}/index.html"
         with pytest.raises(SourceError) as refused:
             open_source("door", CameraConfig(url=url, stall_timeout=2.0))
-        server.shutdown()
     assert f"cannot open {url} (the camera answered with text/html, not a video stream)" in str(refused.value)
+
+
+@contextlib.contextmanager
+def _serving(handler: Callable[..., http.server.BaseHTTPRequestHandler]) -> Iterator[int]:
+    """An HTTP server on a free loopback port (yielded) for the duration of the block."""
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield server.server_address[1]
+        finally:
+            server.shutdown()
 
 
 class _QuietFiles(http.server.SimpleHTTPRequestHandler):
@@ -444,11 +453,8 @@ class _CameraWantingBasicAuth(http.server.BaseHTTPRequestHandler):
 @pytest.mark.parametrize(("password", "answer"), [("right", "404 Not Found"), ("wrong", "401 Unauthorized")])
 def test_an_http_cameras_password_goes_out_only_when_the_camera_asks_for_it(password: str, answer: str) -> None:
     _CameraWantingBasicAuth.seen = []
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CameraWantingBasicAuth) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        url = f"http://edged:{password}@127.0.0.1:{server.server_address[1]}/video.mjpg"
-        reason = refusal(url, 2.0)
-        server.shutdown()
+    with _serving(_CameraWantingBasicAuth) as port:
+        reason = refusal(f"http://edged:{password}@127.0.0.1:{port}/video.mjpg", 2.0)
     assert reason == f"the camera answered {answer}"
     assert _CameraWantingBasicAuth.seen[0] is None  # the first request carries no password, as FFmpeg's does
 

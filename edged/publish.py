@@ -41,6 +41,7 @@ log = logging.getLogger("edged.mqtt")
 OFFLINE = b"offline"  # edged's retained status once it is gone, said by edged or by the broker (the will)
 PUBLISH_TIMEOUT_S = 10.0  # an acknowledgement later than this means the connection is dead
 OFFLINE_GRACE_S = 0.5  # after a flush that timed out: for `offline` (written ahead of the disconnect) to be acked
+DISCONNECT_WAIT_S = 0.5  # at a stop whose flush timed out: for the broker to see the DISCONNECT (it may never)
 ACK_GRACE_S = 0.05  # after a disconnect, for sends whose acknowledgement already arrived to complete
 PRECIOUS_KEPT = 256  # events a full outbox keeps ahead of detections (about 7 us per publish to look past)
 INCOMING_QUEUE = 1000  # incoming messages waiting for their handler: a flood of commands cannot grow memory
@@ -220,6 +221,10 @@ class Publisher:
             await asyncio.wait_for(self._closed.wait(), timeout)
         except TimeoutError:
             await self._offline_ahead_of_disconnect()
+            if (client := self._session_client) is not None:
+                # A broker that could not take the queue in time will not take the DISCONNECT behind it either:
+                # aiomqtt would wait its whole timeout (10 s) for the connection to close, past systemd's patience.
+                client.timeout = DISCONNECT_WAIT_S
             self._closed.set()
             self._wake.set()
         if self._outbox:
@@ -300,6 +305,9 @@ class Publisher:
     def _on_connection_lost(self, error: BaseException) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
+        if self._closing:  # no reconnect follows: close() has said what could not be delivered
+            log.debug("MQTT: the connection ended during the stop (%s)", error)
+            return
         level, problem = self._describe(error)
         if was_connected:
             self._lost_at = time.monotonic()

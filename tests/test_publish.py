@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -100,6 +101,22 @@ async def test_offline_is_retained_even_when_the_broker_stalls_through_the_final
         await publisher.close(0.5)  # the flush times out: nothing is acknowledged
         await _gone(running)
     assert await _retained_status(broker, subscriber) == b"offline"
+
+
+async def test_a_stop_while_the_broker_hangs_with_the_socket_full_ends_within_systemds_patience(
+    broker: Mosquitto,
+) -> None:
+    publisher, running = await _online(broker, "full-socket")
+    with broker.paused():  # the broker stops reading: the DISCONNECT waits behind what fills the socket
+        for seq in range(64):
+            publisher.publish("edged/big/detections", seq.to_bytes(4, "big") * (LARGE // 4), 0)
+            await asyncio.sleep(0)
+        await asyncio.sleep(1)
+        started = time.monotonic()
+        await publisher.close(2)  # as the supervisor: flush for 2 s at most, then the task is cancelled
+        await _gone(running)
+        stopped_after = time.monotonic() - started
+    assert stopped_after < 4  # flush 2 s, `offline` 0.5 s, the disconnect 0.5 s; systemd waits 10 s in all
 
 
 async def test_offline_is_retained_when_edged_goes_down_without_closing_the_publisher(

@@ -249,14 +249,14 @@ class Engine:
         """Start inference on a frame; `done` runs on the event loop. The caller keeps a request free."""
         self._loop = self._loop or asyncio.get_running_loop()
         # shared_memory: the request reads the frame's own buffer, no copy (it must be C-contiguous for
-        # that, and already is but for an odd source); the frame stays referenced through userdata until
-        # the request completes.
-        pixels = ov.Tensor(np.ascontiguousarray(frame.tensor)[None], shared_memory=True)
-        self._start_async(pixels, (frame, done, time.perf_counter()))
+        # that, and already is but for an odd source, whose copy is then made here). The buffer stays
+        # referenced through userdata until the request completes: the request itself does not keep it.
+        pixels = np.ascontiguousarray(frame.tensor)
+        self._start_async(ov.Tensor(pixels[None], shared_memory=True), (frame, done, time.perf_counter(), pixels))
 
     def _completed(self, request: ov.InferRequest, userdata: Any) -> None:
         """On an OpenVINO thread: decode here, then hand the result to the event loop."""
-        frame, done, started = userdata
+        frame, done, started, _pixels = userdata
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         try:
             result = Result(frame, self.name, self._decode(request, frame.width, frame.height), elapsed_ms)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import cv2
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 
 from edged.config import CameraConfig
-from edged.frame import BufferPool
-from edged.inference import Engine
+from edged.frame import BufferPool, Frame, Image
+from edged.inference import Engine, Result
 from edged.models import resolve
 from edged.sources import CaptureSource, StreamSource
 
@@ -86,3 +87,29 @@ def test_frames_resized_into_reused_buffers_keep_their_own_pixels(shared_dir: Pa
         del tensor
     assert all(np.array_equal(tensor, engine.prepare(image)) for tensor, image in kept)
     assert len(addresses) < len(images)
+
+
+async def test_a_frame_whose_pixels_are_not_contiguous_is_detected_as_its_pixels_show(shared_dir: Path) -> None:
+    """A frame already of the model's size goes in as it is; one whose rows are padded (as PyAV's own conversion
+    hands some sizes over) is copied for the request, and that copy must outlive the call that started it."""
+    spec = resolve(
+        "retail", path=shared_dir / RETAIL, name=None, precision=None, device="CPU", confidence=None,
+        nms_iou=None, resize=None, folder=shared_dir / "models",
+    )  # fmt: skip
+    engine = Engine(spec)
+    photo = cv2.imread(str(shared_dir / "media" / "images" / "astronaut.png"))
+    assert photo is not None
+    image: Image = np.asarray(cv2.resize(photo, engine.input_size), np.uint8)
+    expected = engine.detect(image)
+    assert len(expected) == 1
+    padded = np.zeros((image.shape[0], image.shape[1] + 4, 3), np.uint8)
+    padded[:, : image.shape[1]] = image
+    rows = padded[:, : image.shape[1]]
+    assert not rows.flags.c_contiguous
+    loop = asyncio.get_running_loop()
+    for index in range(20):
+        result: asyncio.Future[Result] = loop.create_future()
+        engine.submit(Frame("door", index, 0.0, rows, rows), result.set_result)
+        clutter = [np.full(padded.shape, 255, np.uint8) for _ in range(4)]  # what the freed copy's memory gets
+        assert len((await result).faces) == len(expected), f"frame {index}"
+        del clutter

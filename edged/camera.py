@@ -287,8 +287,12 @@ class Camera:
                 if source.native_fps is None:
                     raise SourceError(f"camera {self.name}: the stream stopped delivering frames")
                 opening.replay_from(self._index, source.native_fps)
-                if not self.config.loop or not source.rewind() or not (advanced := source.grab()):
+                if not self.config.loop:
                     return None
+                if not source.rewind() or not (advanced := source.grab()):
+                    # Played once, now unreadable: replaced by a file whose frames do not decode. That is an
+                    # error to report, not the end of a camera meant to loop (which would exit 0, unrestarted).
+                    raise no_frame_error(self.name, self.config)
             self._index += advanced
             index = self._index - 1  # the frames the decoder skipped lie before this one
             self.frames_read += advanced

@@ -137,10 +137,13 @@ def _truncated_video(config: Config, ctx: Ctx) -> None:
 
 
 def _garbled_video(config: Config, ctx: Ctx) -> None:
+    ctx.bad_camera(config, str(_write_garbled(ctx.tmp / "garbled.mp4", ctx.media("classroom.mp4"))))
+
+
+def _write_garbled(path: Path, video: str) -> Path:
     """A well-formed MP4 whose video packets are noise: it opens, and not one frame decodes."""
-    path = ctx.tmp / "garbled.mp4"
     noise = np.random.default_rng(2)
-    with av.open(ctx.media("classroom.mp4")) as source, av.open(str(path), "w") as target:
+    with av.open(video) as source, av.open(str(path), "w") as target:
         stream = target.add_stream_from_template(source.streams.video[0])
         for packet in itertools.islice(source.demux(source.streams.video[0]), 60):
             if packet.dts is None:  # the demuxer's empty packet at the end
@@ -149,7 +152,7 @@ def _garbled_video(config: Config, ctx: Ctx) -> None:
             garbled.pts, garbled.dts, garbled.time_base = packet.pts, packet.dts, packet.time_base
             garbled.is_keyframe, garbled.stream = packet.is_keyframe, stream
             target.mux(garbled)
-    ctx.bad_camera(config, str(path))
+    return path
 
 
 def _image_as_video(config: Config, ctx: Ctx) -> None:
@@ -372,6 +375,22 @@ def test_a_looping_file_replaced_by_one_of_a_lower_frame_rate_plays_on_without_a
     assert code == 0, log
     # Counting the 150 frames so far at the new rate would have put the next one 25 s into the future.
     assert gap < 1.5, log
+
+
+@pytest.mark.slow
+def test_a_looping_file_replaced_by_one_whose_frames_do_not_decode_is_reported_and_its_camera_stops_on_an_error(
+    tmp_path: Path, shared_dir: Path, broker: Any, subscriber: Any
+) -> None:
+    watcher = subscriber(broker, "edged/#")
+    clip = _clip_at(tmp_path / "clip.mp4", shared_dir / "media/images/astronaut.png", fps=30.0, frames=15)
+    config = write_config(tmp_path / "edged.yaml", base_config(shared_dir, broker.port, {"clip": {"url": str(clip)}}))
+    with EdgedProcess(config, tmp_path / "edged.log") as edged:
+        watcher.wait_for_count("edged/clip/detections", 5, timeout=60)
+        _write_garbled(tmp_path / "garbled.mp4", str(shared_dir / "media/classroom.mp4")).replace(clip)
+        code = edged.wait(timeout=30)
+        log = edged.log()
+    assert code == 2, log  # not "finished": Restart=on-failure must see it
+    _assert_one_clear_line(log, f"camera clip: {clip} holds no frame that can be decoded: check the file")
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ log = logging.getLogger("edged.dispatch")
 # behind it for good (holding their frames' memory). Well inside health's 30 s without any result.
 LOST_AFTER_S = 15.0
 LOST_CHECK_S = 1.0
+FREED_RECHECK_S = 0.02  # after a give-up: how soon to ask OpenVINO again whether a request is free
 
 
 class Dispatcher:
@@ -50,6 +51,7 @@ class Dispatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._busy = asyncio.Event()  # the opposite of _idle: some frame is in flight
+        self._recheck: asyncio.TimerHandle | None = None  # see _request_free
         self.in_flight = 0
 
     def add_camera(self, camera: str) -> FrameSlot:
@@ -99,7 +101,17 @@ class Dispatcher:
             return False
         # A request given up on may still be running after all: submitting would then block the loop until
         # one frees, so ask the queue itself.
-        return not self.lost or self._engine.request_idle()
+        if not self.lost or self._engine.request_idle():
+            return True
+        # Busy: that request still runs, or OpenVINO has not yet marked free the request whose result just came
+        # (it does once the callback has returned). No result may follow to wake the feed: look again soon.
+        if self._recheck is None:
+            self._recheck = asyncio.get_running_loop().call_later(FREED_RECHECK_S, self._look_again)
+        return False
+
+    def _look_again(self) -> None:
+        self._recheck = None
+        self._wake.set()
 
     async def drain(self) -> None:
         """Wait until every frame handed to the engine has come back."""

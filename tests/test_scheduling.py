@@ -215,6 +215,46 @@ async def test_a_frame_waiting_for_a_request_held_by_a_given_up_inference_goes_i
     assert (dispatcher.lost, dispatcher.in_flight) == (1, 0)
 
 
+class _EngineFreeingRequestsLate(_EngineHoldingBackTheFirstResult):
+    """As OpenVINO's AsyncInferQueue: a request counts as free only once its callback has returned, which may be
+    a moment after the event loop has taken the result the callback handed over."""
+
+    freed_after = 0.05
+    _returned_at = -1.0
+
+    def request_idle(self) -> bool:
+        return time.monotonic() - self._returned_at >= self.freed_after and super().request_idle()
+
+    def submit(self, frame: Frame, done: ResultCallback) -> None:
+        def returned(result: Result) -> None:
+            self._returned_at = time.monotonic()
+            done(result)
+
+        super().submit(frame, returned)
+
+
+async def test_after_a_lost_inference_a_frame_waiting_while_openvino_frees_the_request_still_goes_in(
+    shared_dir: Path,
+) -> None:
+    """Once an inference was given up on, the dispatcher asks OpenVINO whether a request is free. A file camera
+    read as fast as detection goes puts its next frame before that request is freed, and nothing else follows
+    to wake the dispatcher: it must look again by itself."""
+    engine = _EngineFreeingRequestsLate(_retail(shared_dir, requests=1))
+    delivered: list[int] = []
+    dispatcher = Dispatcher(engine, lambda result: delivered.append(result.frame.index), lost_after=0.5)
+    slot = dispatcher.add_camera("door")
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        await _infer_each(slot, engine, range(1))
+        await asyncio.sleep(1.0)  # frame 0 given up on
+        await _infer_each(slot, engine, range(1, 5))
+        await asyncio.wait_for(dispatcher.drain(), 10)
+    finally:
+        task.cancel()
+    assert delivered == [1, 2, 3, 4]
+    assert dispatcher.lost == 1
+
+
 async def _decoded_while_every_request_is_busy(
     engine: _EngineHoldingBackTheFirstResult, lost_after: float
 ) -> list[str]:

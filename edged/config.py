@@ -7,6 +7,7 @@ as one line that names the file, the key path and the bad value.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import socket
@@ -121,6 +122,25 @@ class MqttConfig(_Strict):
     outbox_size: int = Field(default=10_000, ge=1)
     inflight: int = Field(default=20, ge=1, le=65535)  # QoS>0 messages sent but not yet acknowledged
     backoff: Backoff = Backoff()
+
+    @field_validator("host")
+    @classmethod
+    def _bare_host(cls, host: str) -> str:
+        if "/" in host or (":" in host and not _ipv6_address(host)):
+            raise ValueError(
+                f"{host!r} is not a bare host name or address: give the port in mqtt.port and TLS in mqtt.tls "
+                "(e.g. host: broker.lan, port: 8883, tls: {})"
+            )
+        return host
+
+    @field_validator("tls", mode="before")
+    @classmethod
+    def _tls_not_empty(cls, tls: Any) -> Any:
+        if tls is None:  # `tls:` with every line under it commented out
+            raise ValueError(
+                "is empty: write `tls: {}` for TLS verified against the system's CAs, or remove the key for plain MQTT"
+            )
+        return tls
 
     @field_validator("credential")
     @classmethod
@@ -537,15 +557,29 @@ def _relative_to(base: Path, value: str) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
+def _ipv6_address(host: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address)
+    except ValueError:
+        return False
+
+
 def _check_stream_address(url: str) -> None:
     """A host, and a port a connection can use: else ValueError (found here, not at the first connect)."""
     parts = urlsplit(url)
-    if not parts.hostname:
-        raise ValueError(f"no host in {redact_url(url)!r}: give the camera's address, e.g. rtsp://host:554/path")
     try:
         port = parts.port
     except ValueError:  # not a number, or above 65535
         port = 0
+    after_authority = url[url.find(parts.netloc) + len(parts.netloc) :] if parts.netloc else ""
+    if "@" in after_authority and ("@" in parts.netloc or port == 0):
+        # user:p@ss/word@host: the authority ends at the first '/', and FFmpeg would connect to the wrong host.
+        raise ValueError(
+            f"the password in {redact_url(url)!r} seems to hold '/', '?', '#' or '@', which end a URL's host part: "
+            "percent-encode them in the URL (%2F, %3F, %23, %40)"
+        )
+    if not parts.hostname:
+        raise ValueError(f"no host in {redact_url(url)!r}: give the camera's address, e.g. rtsp://host:554/path")
     if port == 0:
         raise ValueError(
             f"the port in {redact_url(url)!r} is not a number from 1 to 65535: give the camera's port, "

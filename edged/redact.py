@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import re
 
-# scheme://user:password@host  and  scheme://user@host: the userinfo part goes, up to the last '@' before the
-# path (a password with an unescaped '@' in it is still all of it).
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#\s]+)@")
+# scheme://user:password@host and scheme://user@host. A password is not always percent-encoded as it should
+# be: one holding '@', '/', '?' or '#' ends the URL's authority early. So when that authority holds a ':' or an
+# '@', everything up to the URL's last '@' goes; a URL that merely has a port and an '@' further on loses more
+# than its credentials, which is the side to err on.
+_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<rest>[^\s'\"<>]*)")
+_AUTHORITY_END = re.compile(r"[/?#]")
 # ...?user=admin&pwd=secret: how many cheap IP cameras take their credentials.
 _QUERY_SECRET = re.compile(
     r"(?P<key>[?&;](?:user|usr|username|login|pass|pwd|passwd|password|token|access_token|api_?key|key|secret"
@@ -18,7 +21,15 @@ _QUERY_SECRET = re.compile(
 
 def redact_url(text: str) -> str:
     """Replace the credentials of every URL in `text` (user:password@, secret query values) with `***`."""
-    return _QUERY_SECRET.sub(r"\g<key>***", _USERINFO.sub(r"\g<scheme>***@", text))
+    return _QUERY_SECRET.sub(r"\g<key>***", _URL.sub(_without_userinfo, text))
+
+
+def _without_userinfo(url: re.Match[str]) -> str:
+    scheme, rest = url["scheme"], url["rest"]
+    authority = _AUTHORITY_END.split(rest, maxsplit=1)[0]
+    if "@" not in authority and ":" not in authority or "@" not in rest:
+        return url[0]
+    return f"{scheme}***@{rest[rest.rfind('@') + 1 :]}"
 
 
 class RedactingFilter(logging.Filter):

@@ -210,6 +210,22 @@ def test_check_refuses_a_bad_config_with_one_line_and_exit_code_2(tmp_path: Path
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("password", ["Se/cretX", "p@ss/w0rdX", "Se#cretX", "Se?cretX"])
+def test_a_camera_password_that_is_not_percent_encoded_is_refused_without_showing_it(
+    tmp_path: Path, seed_model: Path, password: str
+) -> None:
+    text = f"model:\n  path: {seed_model}\ncameras:\n  door:\n    url: rtsp://admin:${{CAM_PASSWORD}}@10.0.0.5/live\n"
+    command = [sys.executable, "-m", "edged.cli", "check", "-c", str(write(tmp_path, text))]
+    environment = {**os.environ, "CAM_PASSWORD": password}
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120, env=environment)
+
+    assert result.returncode == 2
+    assert "cameras.door.url: the password in 'rtsp://***@10.0.0.5/live' seems to hold" in result.stderr
+    assert "percent-encode them in the URL (%2F, %3F, %23, %40)" in result.stderr
+    assert password not in result.stderr + result.stdout
+    assert password.split("/")[-1].split("@")[-1] not in result.stderr + result.stdout  # nor any part of it
+
+
 def test_check_reads_the_first_frame_of_each_file_camera_and_names_each_that_fails(
     tmp_path: Path, seed_model: Path, clip: Path, media_dir: Path
 ) -> None:

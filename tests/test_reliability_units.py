@@ -86,6 +86,10 @@ def test_a_password_file_gives_its_first_line_only(tmp_path: Path) -> None:
         ),
         ("http://10.0.0.8/mjpeg?at=a@b", "http://10.0.0.8/mjpeg?at=a@b"),
         ("rtsp://10.0.0.9/stream1", "rtsp://10.0.0.9/stream1"),
+        # Passwords not percent-encoded as they should be: all of them goes all the same.
+        ("(got 'rtsp://admin:Se/cretX@127.0.0.1:1/stream1')", "(got 'rtsp://***@127.0.0.1:1/stream1')"),
+        ("cannot open rtsp://admin:p@ss/w0rd?X#@10.0.0.5/s", "cannot open rtsp://***@10.0.0.5/s"),
+        ("rtsp://user@10.0.0.5/s and rtsp://10.0.0.9/t", "rtsp://***@10.0.0.5/s and rtsp://10.0.0.9/t"),
     ],
 )
 def test_camera_credentials_never_reach_a_log_line(text: str, shown: str) -> None:

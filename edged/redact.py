@@ -27,7 +27,7 @@ def redact_url(text: str) -> str:
 def _without_userinfo(url: re.Match[str]) -> str:
     scheme, rest = url["scheme"], url["rest"]
     authority = _AUTHORITY_END.split(rest, maxsplit=1)[0]
-    if "@" not in authority and ":" not in authority or "@" not in rest:
+    if "@" not in rest or ("@" not in authority and ":" not in authority):
         return url[0]
     return f"{scheme}***@{rest[rest.rfind('@') + 1 :]}"
 

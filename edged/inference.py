@@ -63,6 +63,8 @@ def read_model(spec: ModelSpec, core: ov.Core) -> tuple[ov.Model, ModelInfo]:
         raise ModelError(
             f"model {path}: its weights file {path.with_suffix('.bin').name} is missing: put it beside the .xml"
         )
+    for file in (path, path.with_suffix(".bin")):
+        _check_readable(file)
     _check_ir_xml(path)
     try:
         model = core.read_model(str(path))
@@ -102,6 +104,18 @@ def _known_device(core: ov.Core, name: str) -> bool:
     except (RuntimeError, TypeError):  # not a device OpenVINO has here
         return False
     return True
+
+
+def _check_readable(file: Path) -> None:
+    """A model file root put there for root alone: say so, rather than fail on it deeper down."""
+    try:
+        with file.open("rb"):
+            pass
+    except OSError as error:
+        raise ModelError(
+            f"model {file}: cannot read it ({error.strerror}): check that edged may read it (under systemd, the "
+            "service's user; see docs/systemd.md)"
+        ) from None
 
 
 def _check_ir_xml(path: Path) -> None:

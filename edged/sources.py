@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from pathlib import Path
@@ -325,6 +326,8 @@ class ImageSource:
 
     def __init__(self, camera: str, config: CameraConfig) -> None:
         image = cv2.imread(config.url, cv2.IMREAD_COLOR)
+        if image is None and not os.access(config.url, os.R_OK):
+            raise _open_error(camera, config, f"cannot read {config.url} (Permission denied)")
         if image is None:
             found, name = sniff(config.url)
             advice = (
@@ -421,6 +424,11 @@ def _open_error(camera: str, config: CameraConfig, problem: str) -> SourceError:
     that is gone may come back (replaced, on a share that dropped out): that camera retries."""
     if config.kind == "video" and not _still_there(Path(config.url)):
         return SourceError(f"camera {camera}: {config.safe_url} is not there any more: put it back")
+    if config.kind in ("video", "image") and not os.access(config.url, os.R_OK):
+        return SourceError(
+            f"camera {camera}: {problem}: check that edged may read it (under systemd, the service's user)",
+            permanent=True,
+        )
     advice = {
         "video": "the file is corrupt, truncated or not a video FFmpeg can decode: check it",
         "device": "check that the device exists and that edged may use it (group 'video')",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -225,6 +226,38 @@ def test_a_camera_password_that_is_not_percent_encoded_is_refused_without_showin
     assert "percent-encode them in the URL (%2F, %3F, %23, %40)" in result.stderr
     assert password not in result.stderr + result.stdout
     assert re.split("[/?#@]", password)[-1] not in result.stderr + result.stdout  # nor any part of it
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+@pytest.mark.parametrize("unreadable", ["model", "video", "image"])
+def test_a_file_edged_may_not_read_is_reported_as_such_not_as_corrupt(
+    tmp_path: Path, seed_model: Path, clip: Path, shared_dir: Path, unreadable: str
+) -> None:
+    """As under systemd's DynamicUser with a file only root may read (root itself is stripped of its right to
+    read anything here)."""
+    model, video, image = seed_model, clip, shared_dir / "media/images/astronaut.png"
+    if unreadable == "model":
+        model = tmp_path / seed_model.name
+        shutil.copy(seed_model, model)
+        shutil.copy(seed_model.with_suffix(".bin"), model.with_suffix(".bin"))
+        model.chmod(0)
+    if unreadable == "video":
+        video = tmp_path / clip.name
+        shutil.copy(clip, video)
+        video.chmod(0)
+    if unreadable == "image":
+        image = tmp_path / image.name
+        shutil.copy(shared_dir / "media/images/astronaut.png", image)
+        image.chmod(0)
+    text = f"model:\n  path: {model}\ncameras:\n  door:\n    url: {video}\n  hall:\n    url: {image}\n"
+    without_root_rights = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search"]
+    command = [*without_root_rights, sys.executable, "-m", "edged.cli", "check", "-c", str(write(tmp_path, text))]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "(Permission denied): check that edged may read it" in result.stderr
+    assert "corrupt" not in result.stderr
 
 
 def test_check_reads_the_first_frame_of_each_file_camera_and_names_each_that_fails(

@@ -213,6 +213,10 @@ class ModelConfig(_Strict):
     def _path_or_name(self) -> ModelConfig:
         if (self.path is None) == (self.name is None):
             raise ValueError("give the model either as `path` (its .xml file) or as a descriptor `name`")
+        if self.path is not None and self.precision is not None:
+            raise ValueError(
+                "precision: goes with a descriptor `name`; with `path`, the .xml given is the precision used"
+            )
         return self
 
 
@@ -630,6 +634,8 @@ def _describe(path: Path, error: ValidationError) -> str:
             message = "required key is missing"
         elif kind == "too_short" and isinstance(item.get("input"), dict):
             message = "is empty: configure at least one"
+        elif kind in ("model_type", "dict_type"):
+            message = "takes keys, indented below it, not a single value (see README for its keys)"
         elif (wanted := _WANTED.get(kind)) is not None:
             message = f"{message}: {wanted}"
         value = item.get("input")

@@ -222,6 +222,18 @@ CASES = [
         True,
     ),
     Case("mqtt-tls-empty", _set("mqtt.tls", None), "mqtt.tls: is empty: write `tls: {}` for TLS verified", True),
+    Case(
+        "section-given-a-value",
+        _set("mqtt.backoff", 5),
+        "mqtt.backoff: takes keys, indented below it, not a single value (see README for its keys) (got 5)",
+        True,
+    ),
+    Case(
+        "model-precision-with-path",
+        _set("model.precision", "FP16"),
+        "model.precision: goes with a descriptor `name`; with `path`, the .xml given is the precision used",
+        True,
+    ),
     Case("unsupported-url-scheme", _set("cameras.good.url", "ftp://cam/x"), "unsupported URL scheme 'ftp'", True),
     Case("video-file-missing", _set("cameras.good.url", "/nonexistent/cam.mp4"), "file not found", True),
     Case("bad-camera-name", _set("cameras.a/b", {"url": "0"}), "a camera name may only contain", True),

@@ -29,11 +29,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import aiomqtt
-from aiomqtt.exceptions import MqttConnectError
+import paho.mqtt.client as paho
+from aiomqtt.exceptions import MqttCodeError, MqttConnectError
 
 from edged.backoff import Retry
 from edged.config import MqttConfig
 from edged.logs import MQTT_CLIENT_LOGGER
+from edged.mqtt_writer import LoopWriter
 from edged.secrets import MqttSecurity
 
 log = logging.getLogger("edged.mqtt")
@@ -114,7 +116,7 @@ class Publisher:
         self.status_topic = f"{self.prefix}/status"
         self._goodbye = Message(self.status_topic, OFFLINE, 1, True)  # as the will says, on a clean stop
         self._outbox: deque[Message] = deque()
-        self._pending: deque[asyncio.Task[None]] = deque()  # sends of the outbox's first messages, in order
+        self._pending: deque[_Send] = deque()  # sends of the outbox's first messages, in order
         self._retained: dict[str, Message] = {}
         self._unsent_retained: dict[str, Message] = {}
         self._lapses: dict[str, bytes] = {}  # retained topic -> its value once edged is gone
@@ -368,6 +370,7 @@ class Publisher:
         for topic_filter in self._handlers:
             await client.subscribe(topic_filter, qos=1, timeout=PUBLISH_TIMEOUT_S)
         self._session_client = client
+        LoopWriter(client._client, self._wake.set)  # aiomqtt exposes no other way to its paho client
         try:
             async with asyncio.TaskGroup() as tasks:
                 receiver = tasks.create_task(self._receive(client), name="mqtt-receive")
@@ -395,9 +398,14 @@ class Publisher:
             # messages, and nothing else would wake us to send them (a burst larger than the
             # window, a backlog after an outage, the last messages before shutdown).
             self._retire_acknowledged()
+            tasked = False  # once a send of this pass waits in a task, the ones after it do too (their order)
             while len(self._pending) < self._config.inflight and len(self._pending) < len(self._outbox):
                 message = self._outbox[len(self._pending)]
-                self._pending.append(tasks.create_task(self._send(client, message)))
+                if message.qos == 0 and not tasked:
+                    self._pending.append(self._write(client, message))
+                else:
+                    tasked = True
+                    self._pending.append(tasks.create_task(self._send(client, message)))
             if self._closing and not self._outbox and not self._unsent_retained:
                 await self._send(client, self._goodbye)
                 log.info("MQTT: published offline, disconnecting")
@@ -410,9 +418,24 @@ class Publisher:
 
     def _retire_acknowledged(self) -> None:
         """The outbox's first messages leave it once their sends succeeded, in order."""
-        while self._pending and _succeeded(self._pending[0]):
+        while self._pending and _succeeded(send := self._pending[0]):
             self._pending.popleft()
             self._outbox.popleft()
+            if isinstance(send, paho.MQTTMessageInfo):
+                self.published += 1
+
+    def _write(self, client: aiomqtt.Client, message: Message) -> paho.MQTTMessageInfo | None:
+        """A QoS 0 message straight to paho, which writes it later in this loop iteration (see LoopWriter): it
+        needs no acknowledgement, so no task waits for one. aiomqtt's `publish` would spend a task, an event and
+        a timeout on each message. None: refused, nothing to wait for."""
+        try:
+            info = client._client.publish(message.topic, message.payload, 0, message.retain)
+        except ValueError as error:
+            self._refused(message, error)
+            return None
+        if info.rc != paho.MQTT_ERR_SUCCESS:  # as aiomqtt's publish: the connection is gone
+            raise MqttCodeError(info.rc, "Could not publish message")
+        return info
 
     async def _send(self, client: aiomqtt.Client, message: Message) -> None:
         try:
@@ -420,17 +443,20 @@ class Publisher:
                 message.topic, message.payload, qos=message.qos, retain=message.retain, timeout=PUBLISH_TIMEOUT_S
             )
         except ValueError as error:
-            # paho refuses a topic no broker would accept (a wildcard, too long): that message can never be
-            # delivered, so it leaves the outbox instead of failing the connection and every message behind it.
-            if message.retain and self._retained.get(message.topic) is message:
-                del self._retained[message.topic]  # not to be refused again at every reconnect
-            if message.topic not in self._refused_topics and len(self._refused_topics) < 100:
-                self._refused_topics.add(message.topic)
-                log.error("MQTT: message to %r dropped: %s", message.topic[:200], error)
+            self._refused(message, error)
             return
         finally:
             self._wake.set()
         self.published += 1
+
+    def _refused(self, message: Message, error: ValueError) -> None:
+        """paho refuses a topic no broker would accept (a wildcard, too long): that message can never be delivered,
+        so it leaves the outbox instead of failing the connection and every message behind it."""
+        if message.retain and self._retained.get(message.topic) is message:
+            del self._retained[message.topic]  # not to be refused again at every reconnect
+        if message.topic not in self._refused_topics and len(self._refused_topics) < 100:
+            self._refused_topics.add(message.topic)
+            log.error("MQTT: message to %r dropped: %s", message.topic[:200], error)
 
     # -- incoming messages (commands, retained records read back) ---------------------------
 
@@ -476,5 +502,12 @@ def _connection_lost(error: BaseException) -> bool:
     return isinstance(error, aiomqtt.MqttError)
 
 
-def _succeeded(task: asyncio.Task[None]) -> bool:
-    return task.done() and not task.cancelled() and task.exception() is None
+_Send = asyncio.Task[None] | paho.MQTTMessageInfo | None  # None: a message paho refused, nothing to wait for
+
+
+def _succeeded(send: _Send) -> bool:
+    if send is None:
+        return True
+    if isinstance(send, paho.MQTTMessageInfo):
+        return send.is_published()
+    return send.done() and not send.cancelled() and send.exception() is None

@@ -49,6 +49,21 @@ async def test_a_burst_larger_than_the_inflight_window_is_delivered_without_furt
         assert publisher.outbox_depth == 0
 
 
+async def test_messages_of_mixed_qos_reach_subscribers_in_the_order_they_were_published(
+    broker: Mosquitto, subscriber: Any
+) -> None:
+    """Per-frame messages (QoS 0) and events (QoS 1) go out by different paths: neither overtakes the other."""
+    watcher = subscriber(broker, "edged/door/#", qos=1)
+    async with _connected_publisher(broker, "mixed", inflight=20) as (publisher, _):
+        for seq in range(BURST):
+            topic = "edged/door/events" if seq % 5 == 0 else "edged/door/detections"
+            publisher.publish(topic, str(seq).encode(), 1 if seq % 5 == 0 else 0)
+            if seq % 7 == 6:
+                await asyncio.sleep(0)
+        received = await asyncio.to_thread(watcher.wait_for, lambda messages: len(messages) >= BURST, 5)
+    assert [int(message.payload) for message in received] == list(range(BURST))
+
+
 LARGE = 256 * 1024  # 64 of these are more than the socket buffers of both ends hold
 
 

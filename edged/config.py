@@ -373,6 +373,18 @@ class Config(_Strict):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _events_can_start(self) -> Config:
+        """Frames `end_after` or more apart each end the face streak before it could become an event."""
+        for name, camera in self.cameras.items():
+            if self.events.enabled and camera.fps is not None and 1.0 / camera.fps >= self.events.end_after:
+                raise ValueError(
+                    f"cameras.{name}.fps: at {camera.fps:g} a second, frames are {1.0 / camera.fps:g} s apart, not "
+                    f"less than events.end_after ({self.events.end_after:g} s): no face event could ever start; raise "
+                    "fps or events.end_after"
+                )
+        return self
+
     def model_specs(self) -> dict[str, ModelSpec]:
         folder = models_dir(self.models_dir)
         return {key: resolve(key, folder=folder, **model.model_dump()) for key, model in self.models.items()}

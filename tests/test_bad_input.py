@@ -234,6 +234,12 @@ CASES = [
         "model.precision: goes with a descriptor `name`; with `path`, the .xml given is the precision used",
         True,
     ),
+    Case(
+        "camera-fps-too-low-for-events",
+        _set("cameras.good.fps", 0.4),
+        "cameras.good.fps: at 0.4 a second, frames are 2.5 s apart, not less than events.end_after (2 s): no face",
+        True,
+    ),
     Case("unsupported-url-scheme", _set("cameras.good.url", "ftp://cam/x"), "unsupported URL scheme 'ftp'", True),
     Case("video-file-missing", _set("cameras.good.url", "/nonexistent/cam.mp4"), "file not found", True),
     Case("bad-camera-name", _set("cameras.a/b", {"url": "0"}), "a camera name may only contain", True),

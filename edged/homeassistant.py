@@ -60,8 +60,11 @@ def discovery_topic(discovery_prefix: str, node: str, component: str, camera: st
     return f"{discovery_prefix}/{component}/{node}/{camera}_{_OBJECT_SUFFIX[component]}/config"
 
 
-def discovery_configs(prefix: str, camera: str, version: str) -> dict[str, dict[str, Any]]:
-    """component -> discovery config of one camera's entities (JSON-ready)."""
+def discovery_configs(
+    prefix: str, camera: str, version: str, *, events: bool = True, snapshots: bool = True
+) -> dict[str, dict[str, Any]]:
+    """component -> discovery config of one camera's entities (JSON-ready): the face entities only with face events
+    on (nothing else keeps `faces` current), the snapshot only with snapshots on."""
     node = node_id(prefix)
     edged_up = {"topic": f"{prefix}/status", "payload_available": "online", "payload_not_available": "offline"}
     camera_up = {**edged_up, "topic": f"{prefix}/{camera}/status"}
@@ -83,7 +86,7 @@ def discovery_configs(prefix: str, camera: str, version: str) -> dict[str, dict[
     def entity(component: str, name: str, **fields: Any) -> dict[str, Any]:
         return {"name": name, "unique_id": f"{node}_{camera}_{_OBJECT_SUFFIX[component]}", **fields, **common}
 
-    return {
+    configs = {
         "binary_sensor": entity(
             "binary_sensor",
             "Face",
@@ -114,13 +117,27 @@ def discovery_configs(prefix: str, camera: str, version: str) -> dict[str, dict[
             **running,
         ),
     }
+    if not events:
+        del configs["binary_sensor"], configs["sensor"]
+    if not (events and snapshots):
+        del configs["image"]
+    return configs
 
 
 class HomeAssistantDiscovery:
     def __init__(
-        self, config: HomeAssistantConfig, publisher: Publisher, cameras: Iterable[str], version: str, qos: int
+        self,
+        config: HomeAssistantConfig,
+        publisher: Publisher,
+        cameras: Iterable[str],
+        version: str,
+        qos: int,
+        *,
+        events: bool = True,
+        snapshots: bool = True,
     ) -> None:
         self._config = config
+        self._features = {"events": events, "snapshots": snapshots}
         self._publisher = publisher
         self._cameras = sorted(cameras)
         self._version = version
@@ -157,9 +174,12 @@ class HomeAssistantDiscovery:
         self._publish_record()
 
     def _announce(self, camera: str) -> None:
-        for component, payload in discovery_configs(self._publisher.prefix, camera, self._version).items():
+        """Its entities; those of a feature switched off go (an earlier run may have announced them)."""
+        configs = discovery_configs(self._publisher.prefix, camera, self._version, **self._features)
+        for component in COMPONENTS:
             topic = discovery_topic(self._config.discovery_prefix, self._node, component, camera)
-            self._publisher.set_retained(topic, json.dumps(payload, separators=(",", ":")).encode(), self._qos)
+            payload = json.dumps(configs[component], separators=(",", ":")).encode() if component in configs else b""
+            self._publisher.set_retained(topic, payload, self._qos)
 
     def _withdraw(self, discovery_prefix: str, node: str, camera: str) -> None:
         for component in COMPONENTS:

@@ -48,7 +48,15 @@ class Nvr:
         )
         self._metrics = MetricsServer(config.metrics, self.telemetry) if config.metrics.port is not None else None
         self._discovery = (
-            HomeAssistantDiscovery(config.homeassistant, publisher, config.cameras, __version__, self._state_qos)
+            HomeAssistantDiscovery(
+                config.homeassistant,
+                publisher,
+                config.cameras,
+                __version__,
+                self._state_qos,
+                events=events.enabled,
+                snapshots=self._snapshots is not None,
+            )
             if config.homeassistant.enabled
             else None
         )
@@ -66,10 +74,14 @@ class Nvr:
         self.control.add_camera(name, slot)
         if self._discovery is not None:
             self._discovery.add_camera(name)
-        if self._tracker is not None and not self._tracker.has_event(name):
+        if self._tracker is None:  # nothing keeps the count: an earlier run's must not stay on record
+            self._publisher.clear_retained(self._faces_topic(name))
+        elif not self._tracker.has_event(name):
             # A previous run may have died with a face on record: the count starts from what is known.
             # (A camera a reload restarts keeps its open event, and the count that event published.)
             self._publisher.set_retained(self._faces_topic(name), b"0", self._state_qos)
+        if self._snapshots is None:  # nor an earlier run's picture, taken when snapshots were on
+            self._publisher.clear_retained(self._snapshot_topic(name))
 
     def remove_camera(self, name: str) -> None:
         """The camera is not configured (any more): it leaves the stats and Home Assistant, takes no more commands,

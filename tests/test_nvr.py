@@ -534,6 +534,40 @@ def test_home_assistant_discovery_describes_each_camera_and_a_removed_camera_los
         assert {m.topic for m in late.messages("homeassistant/#")} == discovery_topics("front")
 
 
+@pytest.mark.slow
+def test_with_face_events_switched_off_the_face_and_snapshot_entities_and_their_last_values_go(
+    tmp_path: Path, shared_dir: Path, media_dir: Path, broker: Mosquitto
+) -> None:
+    """Nothing keeps a face count or a snapshot current then: Home Assistant must not show an earlier run's."""
+    front = {"front": front_and_back(media_dir)["front"]}
+    with_events = write_config(tmp_path, shared_dir, broker, front, homeassistant={"enabled": True})
+    with (
+        Subscriber(broker.host, broker.port, ["edged/#", "homeassistant/#"]) as subscriber,
+        edged_running(with_events) as edged,
+    ):
+        wanted = discovery_topics("front") | {"edged/front/faces", "edged/front/snapshot"}
+        subscriber.wait_for(lambda ms: wanted <= {m.topic for m in ms}, timeout=TIMEOUT)
+        assert edged.stop() == 0, edged.log_text()
+    without_events = write_config(
+        tmp_path, shared_dir, broker, front, homeassistant={"enabled": True}, events={"enabled": False}
+    )
+    with edged_running(without_events) as edged:
+        with Subscriber(broker.host, broker.port, ["edged/#", "homeassistant/#"]) as late:
+            late.wait_for_message("edged/status", lambda m: m.payload == b"online", timeout=TIMEOUT)
+            time.sleep(1.0)  # the earlier run's retained values, then what this run says of them
+            latest = {m.topic: m.payload for m in late.messages()}
+        assert edged.stop() == 0, edged.log_text()
+    retained = {topic for topic, payload in latest.items() if payload}
+    assert "homeassistant/switch/edged/front_detection/config" in retained
+    assert not retained & {
+        "homeassistant/binary_sensor/edged/front_face/config",
+        "homeassistant/sensor/edged/front_faces/config",
+        "homeassistant/image/edged/front_snapshot/config",
+        "edged/front/faces",
+        "edged/front/snapshot",
+    }
+
+
 def available(entity: dict[str, Any], latest: dict[str, bytes]) -> bool:
     """Home Assistant's rule for `availability_mode: all`: every availability topic says available."""
     assert entity["availability_mode"] == "all"

@@ -21,6 +21,7 @@ from edged.config import Config, load_config
 from edged.descriptors import MODELS_DIR_ENV, FileStatus, load_descriptors, verify
 from edged.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, EdgedError, ModelError
 from edged.frame import Image
+from edged.lifecycle import keep_early_hangups
 from edged.logs import counted
 from edged.models import BUILTIN_DESCRIPTORS, ModelSpec, models_dir, resolve
 from edged.redact import REDACTOR
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     # Until the supervisor installs its own handlers, a SIGTERM (systemd's stop) is a quiet exit 0
     # like Ctrl-C, not a death by signal.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    keep_early_hangups()
     args = _parser().parse_args(argv)
     from edged.logs import setup_logging
 

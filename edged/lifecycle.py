@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 from collections.abc import Callable
 
 from edged import systemd
@@ -19,6 +20,18 @@ from edged.health import Health
 log = logging.getLogger("edged")
 
 STATUS_INTERVAL_S = 5.0  # how often STATUS= is refreshed without a watchdog asking for more
+
+_HANGUP_BEFORE_START = threading.Event()  # set from a signal handler: no global statement needed
+
+
+def keep_early_hangups() -> None:
+    """Until the supervisor installs its handlers, a SIGHUP is kept for it rather than ending edged (the default
+    action: a death systemd counts as clean, so `Restart=on-failure` would not bring edged back)."""
+    signal.signal(signal.SIGHUP, _remember_hangup)
+
+
+def _remember_hangup(signum: int, frame: object) -> None:
+    _HANGUP_BEFORE_START.set()
 
 
 class Lifecycle:
@@ -36,6 +49,8 @@ class Lifecycle:
         loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal, signal.SIGTERM)
         loop.add_signal_handler(signal.SIGINT, self._on_stop_signal, signal.SIGINT)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+        if _HANGUP_BEFORE_START.is_set():  # the configuration may have changed after it was read: read it again
+            self._on_reload_signal()
 
     def remove_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()

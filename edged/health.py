@@ -23,6 +23,7 @@ class CameraState:
     since_frame: float | None  # seconds since its last frame (None: none yet)
     stall_timeout: float
     frame_interval: float = 0.0  # seconds between the frames its `fps` cap lets through (0: no cap)
+    failed: bool = False  # stopped on an error it cannot retry (a corrupt file): it waits for the operator
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +68,16 @@ def summarise(s: Snapshot) -> str:
     parts = [f"{len(online)}/{len(running)} cameras online"]
     offline = [c.name for c in running if not c.online]
     if offline:
-        parts[0] += f" (offline: {', '.join(offline[:5])}{'...' if len(offline) > 5 else ''})"
+        parts[0] += f" (offline: {_names(offline)})"
+    if failed := [c.name for c in s.cameras if c.failed]:
+        parts[0] += f", stopped on an error: {_names(failed)}"
     parts.append(f"{s.fps:.1f} detections/s")
     parts.append("MQTT connected" if s.mqtt_connected else "MQTT disconnected")
     parts.append(f"outbox {s.outbox}")
     if s.dropped:
         parts.append(f"{s.dropped} dropped")
     return ", ".join(parts)
+
+
+def _names(cameras: list[str]) -> str:
+    return ", ".join(cameras[:5]) + ("..." if len(cameras) > 5 else "")

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +228,7 @@ class Supervisor:
             if self._config_path is None:
                 raise ConfigError("no configuration file to reload from")
             new = await asyncio.to_thread(load_config, self._config_path)  # file I/O: off the loop
-            changes = diff(self._config, new)
+            changes = self._retrying_failed(diff(self._config, new))
             self._check_models_running(new, changes)
         except ConfigError as error:
             self._refuse_reload(str(error))
@@ -258,6 +258,15 @@ class Supervisor:
         log.info("reload done in %.1f s: %s", time.monotonic() - started, changes.summary())
         self._lifecycle.ready(self._health().summary)
         self._stop_if_all_finished()  # a reload may have left only cameras that had finished
+
+    def _retrying_failed(self, changes: CameraChanges) -> CameraChanges:
+        """A camera stopped on an error (a corrupt file) starts again with the reload: its error told the operator
+        to fix the input, and the reload is how they say it is fixed."""
+        failed = tuple(name for name in changes.unchanged if (run := self._cameras.get(name)) and run.camera.failed)
+        if not failed:
+            return changes
+        unchanged = tuple(name for name in changes.unchanged if name not in failed)
+        return replace(changes, changed=(*changes.changed, *failed), unchanged=unchanged)
 
     def _refuse_reload(self, problems: str) -> None:
         for line in problems.splitlines():
@@ -326,6 +335,7 @@ class Supervisor:
                 running.camera.since_last_frame(now),
                 running.camera.config.stall_timeout,
                 1.0 / running.camera.config.fps if running.camera.config.fps else 0.0,
+                running.camera.failed,
             )
             for name, running in self._cameras.items()
         )

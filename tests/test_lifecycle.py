@@ -6,6 +6,7 @@ exactly what systemd hands a Type=notify service.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import threading
@@ -232,3 +233,31 @@ def test_systemd_hears_ready_watchdog_status_reload_and_stop(
     assert keys[-1] == "STOPPING"
     statuses = [fields["STATUS"] for _, fields in notify_socket.messages if "STATUS" in fields]
     assert any("1/1 cameras online" in status and "MQTT connected" in status for status in statuses)
+
+
+@pytest.mark.slow
+def test_a_camera_stopped_on_an_error_is_told_in_status_and_a_reload_after_the_fix_starts_it_again(
+    tmp_path: Path, shared_dir: Path, broker: Any, subscriber: Any, notify_socket: NotifySocket
+) -> None:
+    watcher = subscriber(broker, "edged/#")
+    broken = tmp_path / "yard.mp4"
+    broken.write_bytes(bytes(range(256)) * 800)  # not a video: the camera stops, the other runs on
+    cameras = {"kept": _camera(shared_dir, "classroom.mp4"), "yard": _camera(shared_dir, "classroom.mp4")}
+    cameras["yard"]["url"] = str(broken)
+    path = write_config(tmp_path / "edged.yaml", base_config(shared_dir, broker.port, cameras))
+    env = {"NOTIFY_SOCKET": str(notify_socket.path)}
+    with EdgedProcess(path, tmp_path / "edged.log", env=env) as edged:
+        edged.wait_for_log("camera yard: cannot open")
+        watcher.wait_for_count("edged/kept/detections", 5, timeout=60)
+        told = "1/1 cameras online, stopped on an error: yard"
+        deadline = time.monotonic() + 15  # STATUS= is refreshed every 5 s
+        while not any(told in fields.get("STATUS", "") for _, fields in notify_socket.messages):
+            assert time.monotonic() < deadline, [fields for _, fields in notify_socket.messages]
+            time.sleep(0.2)
+        shutil.copy(shared_dir / "media" / "classroom.mp4", broken)  # the operator fixes the file
+        edged.send(signal.SIGHUP)
+        edged.wait_for_log("reload done in .* s: restarted yard")
+        watcher.wait_for_count("edged/yard/detections", 5, timeout=60)
+        code, _ = edged.stop(signal.SIGTERM)
+        log = edged.log()
+    assert code == 0, log

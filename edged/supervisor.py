@@ -11,6 +11,7 @@ in the engine come back and be published, flush the outbox, say `offline`, disco
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -40,6 +41,7 @@ log = logging.getLogger("edged")
 DRAIN_TIMEOUT_S = 2.0  # in-flight inferences take tens of milliseconds; this is a generous bound
 FLUSH_TIMEOUT_S = 2.0  # with the other steps' limits, a SIGTERM stop takes 7 s at most: within TimeoutStopSec=10
 WORKER_JOIN_S = 1.0  # for camera threads to release their captures at shutdown
+RELOAD_GRACE_S = 1.0  # a reload under way when a stop comes may finish in this long; else it is abandoned
 READY_WAIT_S = 15.0  # READY=1 waits at most this long for the first broker connection attempt
 
 
@@ -115,7 +117,7 @@ class Supervisor:
             watchdog = tasks.create_task(self._lifecycle.watch(self._health), name="watchdog")
             trimmer = tasks.create_task(return_free_memory(), name="return-free-memory")
             while await self._lifecycle.next_request() == "reload":
-                await self._reload()
+                await self._reload_unless_stopped()
             self._lifecycle.stopping()
             watchdog.cancel()
             trimmer.cancel()
@@ -258,6 +260,23 @@ class Supervisor:
         log.info("reload done in %.1f s: %s", time.monotonic() - started, changes.summary())
         self._lifecycle.ready(self._health().summary)
         self._stop_if_all_finished()  # a reload may have left only cameras that had finished
+
+    async def _reload_unless_stopped(self) -> None:
+        """A reload stuck reading the file (a hung network share) must not hold up a stop: systemd would kill edged
+        without its `offline` statuses."""
+        reload = asyncio.ensure_future(self._reload())
+        stop = asyncio.ensure_future(self._lifecycle.stop_requested.wait())
+        try:
+            await asyncio.wait({reload, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not reload.done():
+                await asyncio.wait({reload}, timeout=RELOAD_GRACE_S)
+        finally:
+            stop.cancel()
+        if not reload.done():
+            log.warning("reload abandoned for the stop: reading %s did not finish", self._config_path)
+            reload.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reload
 
     def _retrying_failed(self, changes: CameraChanges) -> CameraChanges:
         """A camera stopped on an error (a corrupt file) starts again with the reload: its error told the operator

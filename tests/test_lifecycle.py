@@ -6,6 +6,7 @@ exactly what systemd hands a Type=notify service.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -261,3 +262,24 @@ def test_a_camera_stopped_on_an_error_is_told_in_status_and_a_reload_after_the_f
         code, _ = edged.stop(signal.SIGTERM)
         log = edged.log()
     assert code == 0, log
+
+
+@pytest.mark.slow
+def test_a_stop_during_a_reload_stuck_reading_the_file_still_ends_edged_at_once(
+    tmp_path: Path, shared_dir: Path, broker: Any, subscriber: Any
+) -> None:
+    watcher = subscriber(broker, "edged/#")
+    cameras = {"kept": _camera(shared_dir, "classroom.mp4")}
+    path = write_config(tmp_path / "edged.yaml", base_config(shared_dir, broker.port, cameras))
+    with EdgedProcess(path, tmp_path / "edged.log") as edged:
+        watcher.wait_for_count("edged/kept/detections", 5, timeout=60)
+        path.unlink()
+        os.mkfifo(path)  # opening it blocks until a writer comes: as a file on a hung network share does
+        edged.send(signal.SIGHUP)
+        edged.wait_for_log("received SIGHUP")
+        code, seconds = edged.stop(signal.SIGTERM)
+        log = edged.log()
+    assert code == 0, log
+    assert seconds < 5, log
+    assert "reload abandoned for the stop" in log
+    assert watcher.wait_for_message("edged/kept/status", lambda m: m.payload == b"offline", timeout=5)

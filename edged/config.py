@@ -26,6 +26,7 @@ from pydantic import (
     ModelWrapValidatorHandler,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -244,11 +245,13 @@ class CameraConfig(_Strict):
 
     @field_validator("url")
     @classmethod
-    def _readable_source(cls, url: str) -> str:
+    def _readable_source(cls, url: str, info: ValidationInfo) -> str:
         kind = source_kind(url)  # raises for unsupported schemes
         if kind in ("rtsp", "http"):
             _check_stream_address(url)
-        if kind in ("video", "image"):
+        # At a reload, a file a running camera already reads may be gone for a while (a share that dropped out):
+        # that camera retries it as an outage, and it must not block the reload of the others.
+        if kind in ("video", "image") and url not in (info.context or {}).get("files_in_use", ()):
             _existing_file(Path(url), f"file not found: {url}: give a video or image file, a stream URL or a device")
         return url
 
@@ -450,8 +453,11 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
 
 
-def load_config(path: Path | str, environ: dict[str, str] | None = None) -> Config:
-    """Read, substitute, resolve and validate a config file; every problem raises ConfigError."""
+def load_config(
+    path: Path | str, environ: dict[str, str] | None = None, files_in_use: frozenset[str] = frozenset()
+) -> Config:
+    """Read, substitute, resolve and validate a config file; every problem raises ConfigError. `files_in_use`:
+    camera files running cameras read, which may be missing for now (see CameraConfig._readable_source)."""
     path = Path(path)
     raw = _read_yaml(path)
     # Top-level `x-...` keys are edged's to ignore (as in Compose files): a place for YAML anchors that
@@ -464,7 +470,7 @@ def load_config(path: Path | str, environ: dict[str, str] | None = None) -> Conf
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(raw, context={"files_in_use": files_in_use})
     except ValidationError as error:
         message = _describe(path, error)
         if "model" in raw:  # speak of the keys as the user wrote them

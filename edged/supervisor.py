@@ -229,7 +229,8 @@ class Supervisor:
         try:
             if self._config_path is None:
                 raise ConfigError("no configuration file to reload from")
-            new = await asyncio.to_thread(load_config, self._config_path)  # file I/O: off the loop
+            in_use = frozenset(camera.url for camera in self._config.cameras.values())
+            new = await asyncio.to_thread(load_config, self._config_path, None, in_use)  # file I/O: off the loop
             changes = self._retrying_failed(diff(self._config, new))
             self._check_models_running(new, changes)
         except ConfigError as error:

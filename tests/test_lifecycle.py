@@ -283,3 +283,28 @@ def test_a_stop_during_a_reload_stuck_reading_the_file_still_ends_edged_at_once(
     assert seconds < 5, log
     assert "reload abandoned for the stop" in log
     assert watcher.wait_for_message("edged/kept/status", lambda m: m.payload == b"offline", timeout=5)
+
+
+@pytest.mark.slow
+def test_a_reload_goes_ahead_while_a_running_cameras_file_is_away(
+    tmp_path: Path, shared_dir: Path, broker: Any, subscriber: Any
+) -> None:
+    watcher = subscriber(broker, "edged/#")
+    on_share = tmp_path / "share.mp4"
+    shutil.copy(shared_dir / "media" / "classroom.mp4", on_share)
+    cameras = {"kept": _camera(shared_dir, "classroom.mp4"), "shared": {"url": str(on_share), "fps": FPS}}
+    config = base_config(shared_dir, broker.port, cameras)
+    path = write_config(tmp_path / "edged.yaml", config)
+    with EdgedProcess(path, tmp_path / "edged.log") as edged:
+        watcher.wait_for_count("edged/shared/detections", 5, timeout=60)
+        on_share.unlink()  # the share dropped out: an outage that camera retries
+        edged.wait_for_log("camera shared: .* is not there any more: put it back", timeout=30)
+        config["cameras"]["added"] = _camera(shared_dir, "classroom.mp4")
+        write_config(path, config)
+        edged.send(signal.SIGHUP)
+        edged.wait_for_log("reload done in .* s: added added")
+        watcher.wait_for_count("edged/added/detections", 5, timeout=60)
+        code, _ = edged.stop(signal.SIGTERM)
+        log = edged.log()
+    assert code == 0, log
+    assert "reload refused" not in log

@@ -11,7 +11,6 @@ in the engine come back and be published, flush the outbox, say `offline`, disco
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -276,8 +275,9 @@ class Supervisor:
         if not reload.done():
             log.warning("reload abandoned for the stop: reading %s did not finish", self._config_path)
             reload.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reload
+            await asyncio.wait({reload})
+        if not reload.cancelled():
+            reload.result()  # a failure of the reload itself is raised here, as it was without the stop's watch
 
     def _retrying_failed(self, changes: CameraChanges) -> CameraChanges:
         """A camera stopped on an error (a corrupt file) starts again with the reload: its error told the operator

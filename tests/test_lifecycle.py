@@ -280,7 +280,7 @@ def test_a_stop_during_a_reload_stuck_reading_the_file_still_ends_edged_at_once(
         code, seconds = edged.stop(signal.SIGTERM)
         log = edged.log()
     assert code == 0, log
-    assert seconds < 5, log
+    assert seconds < 8, log  # within systemd's TimeoutStopSec=10 (before: until the file could be read, or SIGKILL)
     assert "reload abandoned for the stop" in log
     assert watcher.wait_for_message("edged/kept/status", lambda m: m.payload == b"offline", timeout=5)
 

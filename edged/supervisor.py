@@ -23,7 +23,7 @@ from edged.allocator import return_free_memory
 from edged.camera import Camera
 from edged.config import Config, load_config
 from edged.dispatch import Dispatcher
-from edged.errors import EXIT_OK, EXIT_USAGE, ConfigError, ModelError
+from edged.errors import EXIT_OK, EXIT_USAGE, ConfigError, EdgedError, ModelError
 from edged.inference import Engine, Result
 from edged.lifecycle import Lifecycle
 from edged.logs import counted
@@ -90,7 +90,10 @@ class Supervisor:
         self._dispatchers = {name: Dispatcher(engine, self._on_result) for name, engine in self._engines.items()}
         for name, engine in self._engines.items():
             self._nvr.add_model(name, self._dispatchers[name], engine.requests)
-        self._nvr.start()
+        try:
+            self._nvr.start()
+        except EdgedError as error:  # a key of the config (metrics.port): name the file too, as for the others
+            raise EdgedError(f"{self._config_path}: {error}" if self._config_path else str(error)) from None
         self._roster.start(self._config.cameras)
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks

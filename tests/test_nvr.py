@@ -285,7 +285,7 @@ def test_a_metrics_port_in_use_stops_edged_at_start_with_one_line(
         )
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == (
-        f"edged: metrics.port: cannot serve /metrics on 127.0.0.1:{port} (Address already in use): "
+        f"edged: {config}: metrics.port: cannot serve /metrics on 127.0.0.1:{port} (Address already in use): "
         "choose a free port or stop what listens there"
     )
 

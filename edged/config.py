@@ -379,8 +379,10 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _events_can_start(self) -> Config:
         """Frames `end_after` or more apart each end the face streak before it could become an event."""
+        if not self.events.enabled:
+            return self
         for name, camera in self.cameras.items():
-            if self.events.enabled and camera.fps is not None and 1.0 / camera.fps >= self.events.end_after:
+            if camera.fps is not None and 1.0 / camera.fps >= self.events.end_after:
                 raise ValueError(
                     f"cameras.{name}.fps: at {camera.fps:g} a second, frames are {1.0 / camera.fps:g} s apart, not "
                     f"less than events.end_after ({self.events.end_after:g} s): no face event could ever start; raise "

@@ -96,6 +96,31 @@ def _tolerate_closed_sockets(loop: asyncio.AbstractEventLoop) -> None:
     loop.set_exception_handler(handle)
 
 
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def _let_go_of_unfinished_connect(client: aiomqtt.Client) -> None:
+    """A stop while aiomqtt still connects (a stop right at start-up, or a broker slow to answer) cancels its
+    `__aenter__`, which then leaves the socket open and watched, and paho's connect thread may still open it and
+    start aiomqtt's housekeeping task. Both would be found at exit, after the loop has closed, and reported
+    with tracebacks ("Event loop is closed", "Task was destroyed but it is pending"). So: let what the connect
+    thread already queued run, close the socket while the loop can still unwatch it, end the housekeeping task,
+    and cut paho's callbacks into the loop for whatever that thread does later. aiomqtt offers no public way."""
+    paho_client = client._client
+    await asyncio.sleep(0)  # the connect thread's queued calls (watch the socket, start housekeeping) run now
+    paho_client.on_socket_open = None
+    paho_client._reset_sockets()  # aiomqtt's close callback unwatches the socket and cancels its housekeeping
+    paho_client.on_socket_close = None
+    paho_client.on_socket_register_write = None
+    paho_client.on_socket_unregister_write = None
+    if (housekeeping := client._misc_task) is not None:
+        housekeeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await housekeeping
+
+
 MessageHandler = Callable[[str, bytes, bool], None]  # (topic, payload, retained), called on the event loop
 
 
@@ -193,8 +218,9 @@ class Publisher:
         try:
             while not self._closed.is_set():
                 _BROKER_ALERTS.alert = ""  # this attempt's own
+                client = self._client()
                 try:
-                    async with self._client() as client:
+                    async with client:
                         self._on_connected()
                         retry.reset()
                         await self._session(client)
@@ -202,6 +228,8 @@ class Publisher:
                 except* aiomqtt.MqttError as group:
                     self._on_connection_lost(group.exceptions[0])
                 finally:
+                    if _being_cancelled():
+                        await _let_go_of_unfinished_connect(client)
                     self._retire_acknowledged()
                     self._pending.clear()  # the rest are still first in the outbox: sent again
                     self.settled.set()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -132,6 +134,37 @@ async def test_a_stop_while_the_broker_hangs_with_the_socket_full_ends_within_sy
         await _gone(running)
         stopped_after = time.monotonic() - started
     assert stopped_after < 4  # flush 2 s, `offline` 0.5 s, the disconnect 0.5 s; systemd waits 10 s in all
+
+
+# What `edged run` does when a stop comes right at start-up: the publisher's first connect has only begun.
+_STOP_WHILE_CONNECTING = """
+import asyncio, gc, sys
+from edged.config import MqttConfig
+from edged.publish import Publisher
+
+async def main():
+    publisher = Publisher(MqttConfig(host="127.0.0.1", port=int(sys.argv[1]), client_id="stopped-early"))
+    running = asyncio.create_task(publisher.run())
+    await asyncio.sleep(0)
+    await publisher.close(1.0)
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+
+asyncio.run(main())
+gc.collect()
+"""
+
+
+def test_a_stop_while_the_first_connect_is_under_way_exits_without_an_error_printed(broker: Mosquitto) -> None:
+    stopped = subprocess.run(
+        [sys.executable, "-c", _STOP_WHILE_CONNECTING, str(broker.port)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stderr == ""  # before: "Event loop is closed" with a traceback, "Task was destroyed"
 
 
 async def test_offline_is_retained_when_edged_goes_down_without_closing_the_publisher(

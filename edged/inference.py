@@ -29,8 +29,11 @@ from edged.decode import Decoder, DecoderSettings, Faces, FrameSize, make_decode
 from edged.errors import ModelError
 from edged.frame import BufferPool, Frame, Image
 from edged.models import ModelSpec, Preprocessing
+from edged.priority import waits_its_turn
 
 log = logging.getLogger("edged.inference")
+
+_callback_thread = threading.local()  # OpenVINO's thread that runs completion callbacks (see Engine._completed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +273,9 @@ class Engine:
 
     def _completed(self, request: ov.InferRequest, userdata: Any) -> None:
         """On an OpenVINO thread: decode here, then hand the result to the event loop."""
+        if not getattr(_callback_thread, "waits_its_turn", False):  # once per thread: OpenVINO owns these threads
+            waits_its_turn()
+            _callback_thread.waits_its_turn = True
         frame, done, started, _pixels = userdata
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         try:

@@ -13,6 +13,12 @@ The lowest is the lowest on the whole host: other programs' work goes first too,
 whose decoder falls behind real time may try skipping frames to keep up (`edged.thinning`). OpenCV's
 readers (USB, MJPEG) decode at their camera thread's priority.
 
+Threads woken once or more per frame only to hand work on (a camera's, OpenVINO's callback thread) also wait
+their turn when woken (SCHED_BATCH: the same share of the cores, but no preempting the thread that runs).
+Otherwise each wake-up takes a core from an inference mid-layer, and a camera thread woken by the event loop
+would preempt the loop while it still holds the GIL, only to block on it: 11 context switches per frame
+instead of 7, and 0.2 ms more CPU per frame (docs/performance-notes.md, section q).
+
 Raising a thread's niceness needs no privilege; lowering it again does, which a service user lacks:
 so decoders are opened on a short-lived thread that is made nicer, never by a thread made nicer and
 back.
@@ -37,6 +43,15 @@ LOWEST = 19  # the nicest a Linux thread can be
 def nicer_by(steps: int) -> None:
     """Lower the calling thread's priority by `steps` (at most to the lowest); silent where not permitted."""
     _renice(lambda current: min(LOWEST, current + steps))
+
+
+def waits_its_turn() -> None:
+    """Let the calling thread, when woken, wait for the running thread's time slice instead of preempting it
+    (SCHED_BATCH, inherited by the threads it starts); silent where not permitted."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except OSError as error:
+        log.debug("thread scheduling unchanged: %s", error)
 
 
 def _lowest() -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeAlias, TypeVar
 
-from edged.priority import CAMERA_NICENESS, nicer_by
+from edged.priority import CAMERA_NICENESS, nicer_by, waits_its_turn
 
 log = logging.getLogger("edged.camera")
 
@@ -144,6 +144,7 @@ class Worker:
 
     def _run(self) -> None:
         nicer_by(CAMERA_NICENESS)  # see edged/priority.py
+        waits_its_turn()
         while (job := self._jobs.get()) is not None:
             function, args, settle = job
             self._running = True

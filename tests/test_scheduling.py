@@ -76,7 +76,7 @@ def _niceness(thread: int) -> int | None:
         return None
 
 
-async def test_a_cameras_decoder_threads_run_at_the_lowest_priority_and_its_own_thread_nicer_than_edged(
+async def test_a_cameras_decoder_threads_run_at_the_lowest_priority_and_its_own_thread_nicer_and_waiting_its_turn(
     shared_dir: Path,
 ) -> None:
     config = CameraConfig(url=str(shared_dir / "media" / "faces-1080p30.mp4"))
@@ -91,9 +91,35 @@ async def test_a_cameras_decoder_threads_run_at_the_lowest_priority_and_its_own_
         own = os.getpriority(os.PRIO_PROCESS, 0)
         assert _niceness(camera_thread) == min(LOWEST, own + CAMERA_NICENESS)
         assert {_niceness(thread) for thread in decoders} - {None} == {LOWEST}
+        assert os.sched_getscheduler(camera_thread) == os.SCHED_BATCH  # woken per frame: waits its turn
     finally:
         await worker.call(source.release)
         worker.close()
+
+
+def _waiting_their_turn() -> set[int]:
+    return {int(thread) for thread in os.listdir("/proc/self/task") if _policy(int(thread)) == os.SCHED_BATCH}
+
+
+def _policy(thread: int) -> int | None:
+    try:
+        return os.sched_getscheduler(thread)
+    except ProcessLookupError:  # ended meanwhile
+        return None
+
+
+async def test_openvinos_callback_thread_waits_its_turn_when_woken_and_the_event_loop_does_not(
+    shared_dir: Path,
+) -> None:
+    engine = _one_request_engine(shared_dir)
+    before = _waiting_their_turn()
+    image = np.zeros((300, 300, 3), np.uint8)
+    for index in range(2):
+        result: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        engine.submit(Frame("door", index, time.time(), image, engine.prepare(image)), result.set_result)
+        await asyncio.wait_for(result, 10)
+    assert len(_waiting_their_turn() - before) == 1  # the engine's callback thread, which decodes and hands on
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the event loop is served as soon as it is woken
 
 
 def test_the_lowest_priority_call_returns_its_result_and_raises_its_error_in_the_caller() -> None:

@@ -17,7 +17,7 @@ Threads woken once or more per frame only to hand work on (a camera's, OpenVINO'
 their turn when woken (SCHED_BATCH: the same share of the cores, but no preempting the thread that runs).
 Otherwise each wake-up takes a core from an inference mid-layer, and a camera thread woken by the event loop
 would preempt the loop while it still holds the GIL, only to block on it: 11 context switches per frame
-instead of 7, and 0.2 ms more CPU per frame (docs/performance-notes.md, section q).
+instead of 7, and a sixth more of the event loop's CPU (docs/performance-notes.md, section q).
 
 Raising a thread's niceness needs no privilege; lowering it again does, which a service user lacks:
 so decoders are opened on a short-lived thread that is made nicer, never by a thread made nicer and

@@ -48,6 +48,8 @@ def nicer_by(steps: int) -> None:
 def waits_its_turn() -> None:
     """Let the calling thread, when woken, wait for the running thread's time slice instead of preempting it
     (SCHED_BATCH, inherited by the threads it starts); silent where not permitted."""
+    if not hasattr(os, "SCHED_BATCH"):  # Linux only; elsewhere threads keep the default policy
+        return
     try:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     except OSError as error:

@@ -10,9 +10,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import cv2
 import pytest
 
+from edged.bench import e2e
+from edged.bench.reference import InferenceCeiling
 from edged.bench.suite import BenchReport, format_table
+from tests.support.broker import Mosquitto
+
+SEED = "models/face-detection-adas-binary-0001/FP32-INT1/face-detection-adas-binary-0001.xml"
 
 
 def _bench(tmp_path: Path, shared_dir: Path, *options: str) -> tuple[subprocess.CompletedProcess[str], Any]:
@@ -130,3 +136,85 @@ def test_the_bench_table_does_not_warn_about_a_steady_machine() -> None:
     table = format_table(_report_with_ceilings(before=140.0, after=133.0))
 
     assert "drift -5.0 %" in table and "warning" not in table
+
+
+@pytest.mark.slow
+def test_a_paired_run_measures_the_reference_while_edged_is_frozen_and_judges_each_slice_by_those_around_it(
+    tmp_path: Path, shared_dir: Path, broker: Mosquitto
+) -> None:
+    ceiling = InferenceCeiling(shared_dir / SEED)
+    edged_cpu_ticks_during_reference: list[int] = []
+
+    def reference(seconds: float) -> float:
+        edged = _child_running("edged.cli")
+        before = _cpu_ticks(edged)
+        fps = ceiling.measure(seconds).fps
+        edged_cpu_ticks_during_reference.append(_cpu_ticks(edged) - before)
+        return fps
+
+    still = tmp_path / "frame.png"
+    cv2.imwrite(str(still), cv2.VideoCapture(str(shared_dir / "media/classroom.mp4")).read()[1])
+    cameras = {"still0": e2e.CameraSpec(str(still))}
+    pairing = e2e.Pairing(reference, rounds=2, seconds=0.5)
+
+    result = e2e.run("memory", shared_dir / SEED, cameras, 1.0, (broker.host, broker.port), pairing=pairing)
+
+    paired = result.to_dict()["paired"]
+    assert all(ticks <= 1 for ticks in edged_cpu_ticks_during_reference), edged_cpu_ticks_during_reference
+    assert len(edged_cpu_ticks_during_reference) == 3
+    around, edged = paired["reference_fps"], paired["edged_fps"]
+    assert len(around) == 3 and len(edged) == 2 and all(fps > 0 for fps in around + edged)
+    expected = [edged[0] / ((around[0] + around[1]) / 2), edged[1] / ((around[1] + around[2]) / 2)]
+    assert paired["ratios"] == pytest.approx(expected, abs=2e-3)
+    assert paired["median_ratio"] == pytest.approx(sum(expected) / 2, abs=2e-3)
+
+
+def test_the_bench_table_shows_each_paired_round_and_their_median() -> None:
+    report = _report_with_ceilings(before=140.0, after=133.0)
+    paired = {
+        "reference_fps": [150.0, 170.0, 160.0],
+        "edged_fps": [144.0, 148.5],
+        "ratios": [0.9, 0.9],
+        "median_ratio": 0.9,
+    }
+    report.runs = {"memory": _memory_run(paired)}
+
+    table = format_table(report)
+
+    assert re.search(r"round 1 +150\.0 +170\.0 +144\.0 +0\.900", table), table
+    assert re.search(r"round 2 +170\.0 +160\.0 +148\.5 +0\.900", table), table
+    assert re.search(r"median ratio +0\.900", table), table
+
+
+def _memory_run(paired: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "cameras": 4,
+        "fps": 146.0,
+        "latency_ms": {"p50": 50.0, "p99": 70.0, "samples": 2920},
+        "cpu_ms_per_frame": 13.0,
+        "cpu_percent": 190.0,
+        "steal_percent": 0.0,
+        "frames_skipped": 0,
+        "rss_mb": {"peak": 230.0},
+        "rss_growth": 0.0,
+        "fairness": 0.0,
+        "paired": paired,
+    }
+
+
+def _child_running(module: str) -> int:
+    """The pid of this process's child that runs `python -m <module>`."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if parent == os.getpid() and module.encode() in command:
+            return int(stat.parent.name)
+    raise AssertionError(f"no child process runs {module}")
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime

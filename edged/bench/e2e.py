@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,9 @@ PREFIX = "bench"
 RSS_SAMPLE_S = 5.0
 WARMUP_S = 3.0  # from every camera's first message to the start of the measuring window
 SUBSCRIBE_S = 0.5  # for mosquitto_sub to connect and subscribe before edged starts publishing
+# After edged is let go again in a paired run: the frames frozen in flight come back and every camera's next
+# frame is under way well within this (an inference takes milliseconds), so each slice measures a steady state.
+RESUME_S = 1.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -37,6 +40,41 @@ class CameraSpec:
     url: str
     fps: float | None = None
     realtime: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Pairing:
+    """edged interleaved with a reference after its run: the reference alone for a slice while edged is frozen
+    (SIGSTOP), then edged alone for a slice, `rounds` times, and the reference once more at the end.
+
+    A shared machine's speed drifts by 10-20 % within minutes; each of edged's slices is judged against the
+    two reference slices around it, seconds apart, so a ratio compares like with like, and the median over
+    the rounds leaves out a round in which a neighbour took a core."""
+
+    reference: Callable[[float], float]  # runs the reference for so many seconds, in this process; its fps
+    rounds: int
+    seconds: float  # each slice, edged's and the reference's
+
+
+@dataclass(frozen=True, slots=True)
+class PairedRounds:
+    reference_fps: list[float]  # rounds + 1 slices: the first before edged's first, each other after one
+    edged_fps: list[float]
+
+    @property
+    def ratios(self) -> list[float]:
+        """edged's fps in each round against the mean of the reference's slices just before and after it."""
+        around = zip(self.reference_fps, self.reference_fps[1:], strict=False)
+        return [edged / ((before + after) / 2) for edged, (before, after) in zip(self.edged_fps, around, strict=True)]
+
+    def to_dict(self) -> dict[str, Any]:
+        ratios = self.ratios
+        return {
+            "reference_fps": [round(fps, 2) for fps in self.reference_fps],
+            "edged_fps": [round(fps, 2) for fps in self.edged_fps],
+            "ratios": [round(ratio, 3) for ratio in ratios],
+            "median_ratio": round(statistics.median(ratios), 3),
+        }
 
 
 @dataclass(slots=True)
@@ -54,6 +92,7 @@ class RunResult:
     rss_peak: int
     frames_skipped: int
     frames_read: int
+    paired: PairedRounds | None = None
 
     @property
     def fps(self) -> float:
@@ -120,7 +159,7 @@ class RunResult:
             "frames_read": self.frames_read,
             "frames_skipped": self.frames_skipped,
             "fairness": round(self.fairness, 4),
-        }
+        } | ({"paired": self.paired.to_dict()} if self.paired else {})
 
 
 @contextlib.contextmanager
@@ -193,9 +232,11 @@ def run(
     warmup: float = WARMUP_S,
     expect_messages: bool = True,
     requests: int | None = None,
+    pairing: Pairing | None = None,
 ) -> RunResult:
-    """`expect_messages=False` for cameras that cannot deliver (the idle run): measure without waiting."""
-    return asyncio.run(_run(name, model, cameras, seconds, mqtt, warmup, expect_messages, requests))
+    """`expect_messages=False` for cameras that cannot deliver (the idle run): measure without waiting.
+    With `pairing`, edged is measured again after the run, interleaved with a reference (see Pairing)."""
+    return asyncio.run(_run(name, model, cameras, seconds, mqtt, warmup, expect_messages, requests, pairing))
 
 
 async def _run(
@@ -207,6 +248,7 @@ async def _run(
     warmup: float,
     expect_messages: bool,
     requests: int | None,
+    pairing: Pairing | None,
 ) -> RunResult:
     host, port = mqtt
     with tempfile.TemporaryDirectory(prefix="edged-bench-") as folder:
@@ -226,6 +268,7 @@ async def _run(
                 rss = await _rss_over(process.pid, seconds)
                 end, end_mark = _sample(process.pid), received.mark()
                 peak = _peak_rss(process.pid)
+                slices = await _interleaved(process.pid, received, pairing) if pairing else None
             except BenchmarkError as error:
                 raise BenchmarkError(f"{error}; edged's last words: {_last_line(log)}") from None
             finally:
@@ -234,7 +277,42 @@ async def _run(
                     await asyncio.wait_for(process.wait(), 15)
             await asyncio.sleep(0.3)  # the final stats message, published on the way out
         window, final_stats = received.results(start_mark, end_mark)
-    return _result(name, cameras, window, start, end, [start.rss, *rss, end.rss], peak, final_stats)
+        paired = _paired_rounds(received, slices) if slices else None
+    result = _result(name, cameras, window, start, end, [start.rss, *rss, end.rss], peak, final_stats)
+    result.paired = paired
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class _EdgedSlice:
+    start: int  # marks in the subscriber's stream (see _Received.mark)
+    end: int
+    seconds: float
+
+
+async def _interleaved(pid: int, received: _Received, pairing: Pairing) -> tuple[list[float], list[_EdgedSlice]]:
+    """The reference's fps in each of its slices and where each of edged's lies in the messages received
+    (counted afterwards, so that nothing is parsed while edged is measured)."""
+    reference: list[float] = []
+    edged: list[_EdgedSlice] = []
+    for round_ in range(pairing.rounds + 1):
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            reference.append(await asyncio.to_thread(pairing.reference, pairing.seconds))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        if round_ == pairing.rounds:
+            break
+        await asyncio.sleep(RESUME_S)
+        began, start = time.monotonic(), received.mark()
+        await asyncio.sleep(pairing.seconds)
+        edged.append(_EdgedSlice(start, received.mark(), time.monotonic() - began))
+    return reference, edged
+
+
+def _paired_rounds(received: _Received, slices: tuple[list[float], list[_EdgedSlice]]) -> PairedRounds:
+    reference, edged = slices
+    return PairedRounds(reference, [len(received.results(s.start, s.end)[0]) / s.seconds for s in edged])
 
 
 class _Received:

@@ -214,7 +214,16 @@ def inference_ceiling(
     config: dict[str, Any] | None = None,
     source_size: tuple[int, int] | None = None,
 ) -> Throughput:
-    """Images per second of the model alone, fed a constant pre-resized u8 NHWC frame.
+    """Images per second of the model alone, fed a constant pre-resized u8 NHWC frame (see InferenceCeiling)."""
+    ceiling = InferenceCeiling(
+        model_xml, requests=requests, batch=batch, device=device, config=config, source_size=source_size
+    )
+    return ceiling.measure(seconds)
+
+
+class InferenceCeiling:
+    """The model alone, compiled once and ready to be measured again and again (warm after the first
+    inference of each request, which is slow).
 
     `requests` in flight in one AsyncInferQueue (default: the compiled model's
     OPTIMAL_NUMBER_OF_INFER_REQUESTS); `batch` images per request (the model is reshaped);
@@ -223,18 +232,32 @@ def inference_ceiling(
     constant frame has that size and the graph resizes it (PrePostProcessor, bilinear).
     Frames counted are images, i.e. requests completed x batch.
     """
-    core = ov.Core()
-    model, size = prepare_model(core, model_xml, batch=batch, source_size=source_size)
-    compiled = compile_for_throughput(core, model, device, config)
-    queue = ov.AsyncInferQueue(compiled, requests or optimal_requests(compiled))
-    width, height = source_size or (size.width, size.height)
-    frame = ov.Tensor(np.zeros((batch, height, width, 3), np.uint8))
-    for request in queue:
-        request.set_input_tensor(frame)
-    _run_queue(queue, len(queue))  # warm-up: the first inference of each request is slow
-    watch = _Stopwatch()
-    completed = _run_queue(queue, seconds=seconds)
-    return watch.stop(completed * batch)
+
+    def __init__(
+        self,
+        model_xml: PathLike,
+        *,
+        requests: int | None = None,
+        batch: int = 1,
+        device: str = "CPU",
+        config: dict[str, Any] | None = None,
+        source_size: tuple[int, int] | None = None,
+    ) -> None:
+        core = ov.Core()
+        model, size = prepare_model(core, model_xml, batch=batch, source_size=source_size)
+        compiled = compile_for_throughput(core, model, device, config)
+        self._queue = ov.AsyncInferQueue(compiled, requests or optimal_requests(compiled))
+        self._batch = batch
+        width, height = source_size or (size.width, size.height)
+        frame = ov.Tensor(np.zeros((batch, height, width, 3), np.uint8))
+        for request in self._queue:
+            request.set_input_tensor(frame)
+        _run_queue(self._queue, len(self._queue))
+
+    def measure(self, seconds: float) -> Throughput:
+        watch = _Stopwatch()
+        completed = _run_queue(self._queue, seconds=seconds)
+        return watch.stop(completed * self._batch)
 
 
 def _run_queue(queue: ov.AsyncInferQueue, count: int | None = None, seconds: float | None = None) -> int:

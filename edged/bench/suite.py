@@ -39,6 +39,9 @@ OVERLOAD_MIN_S = 60.0
 # this, the machine's speed changed under the comparison and the table says so (a neighbour took a core:
 # seen here as 81 against 139-149 fps within minutes).
 DRIFT_WARNING = 0.10
+# After the run from memory, edged is measured again in slices interleaved with the inference ceiling (see
+# e2e.Pairing): this many rounds, over as long in all as the run itself.
+PAIRED_ROUNDS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +83,10 @@ def run_suite(options: BenchOptions, progress: Callable[[str], None]) -> BenchRe
 
     A shared machine's speed drifts by 10-20 % over minutes; measured side by side, a ratio compares
     like with like: the inference ceiling, then edged from memory, then the inference ceiling again
-    (the ratio from memory uses the mean of the two, and their difference tells how far the machine
-    drifted); the decode ceilings and the plain loop, then edged at full speed (the composed limit takes
-    the second ceiling, the one measured nearest to it).
+    (their difference tells how far the machine drifted); the decode ceilings and the plain loop, then
+    edged at full speed (the composed limit takes the second ceiling, the one measured nearest to it).
+    The ratio from memory comes from a finer interleaving still: after its run, edged is frozen and let
+    go in turn, slices of it alternating with slices of the ceiling (e2e.Pairing).
     """
     report = BenchReport(_machine(), {k: str(v) for k, v in asdict(options).items()})
     if options.references:
@@ -101,6 +105,7 @@ def run_suite(options: BenchOptions, progress: Callable[[str], None]) -> BenchRe
                 expect_messages=scenario != "idle",
                 requests=options.requests,
                 warmup=SOAK_WARMUP_S if scenario == "overload" and options.soak_seconds else e2e.WARMUP_S,
+                pairing=_pairing(options) if scenario == "memory" and options.references else None,
             )
             report.runs[scenario] = result.to_dict()
 
@@ -142,6 +147,14 @@ def _ceiling_again(options: BenchOptions, before: dict[str, float], progress: Ca
         "inference_ceiling_fps": round((before["fps"] + after.fps) / 2, 2),
         "inference_ceiling_drift": round(after.fps / before["fps"] - 1, 3),
     }
+
+
+def _pairing(options: BenchOptions) -> e2e.Pairing:
+    """The inference ceiling, compiled once and warm, to be measured in slices between edged's."""
+    ceiling = reference.InferenceCeiling(options.model, requests=options.requests or _edged_requests(options))
+    return e2e.Pairing(
+        lambda seconds: ceiling.measure(seconds).fps, PAIRED_ROUNDS, max(1.0, options.seconds / PAIRED_ROUNDS)
+    )
 
 
 def _inference_ceiling(options: BenchOptions) -> reference.Throughput:
@@ -232,7 +245,10 @@ def _ratios(report: BenchReport) -> dict[str, float]:
         ratios["edged_vs_plain_loop"] = runs["max"]["fps"] / refs["plain_loop"]["fps"]
         ratios["edged_vs_inference_ceiling"] = runs["max"]["fps"] / refs["inference_ceiling_fps"]
     if refs and "memory" in runs:
-        ratios["edged_without_decode_vs_inference_ceiling"] = runs["memory"]["fps"] / refs["inference_ceiling_fps"]
+        ratios["edged_without_decode_vs_inference_ceiling"] = runs["memory"]["paired"]["median_ratio"]
+        ratios["edged_without_decode_vs_inference_ceiling_whole_run"] = (
+            runs["memory"]["fps"] / refs["inference_ceiling_fps"]
+        )
     if refs:
         ratios["inference_ceiling_vs_benchmark_app"] = refs["inference_ceiling"]["fps"] / refs["benchmark_app_fps"]
     return {key: round(value, 3) for key, value in ratios.items()}
@@ -289,6 +305,7 @@ def format_table(report: BenchReport) -> str:
                 f" {run['frames_skipped']:8}"
                 f" {run['rss_mb']['peak']:12.1f} {100 * run['rss_growth']:+9.1f} %  ±{100 * run['fairness']:.1f} %"
             )
+    lines += _paired_lines(report.runs)
     if report.ratios:
         lines += ["", *(f"{key:44} {value:6.3f}" for key, value in report.ratios.items())]
     return "\n".join(lines)
@@ -305,9 +322,33 @@ def _ceiling_again_lines(refs: dict[str, Any]) -> list[str]:
     if abs(drift) > DRIFT_WARNING:
         lines.append(
             f"  warning: the machine's speed changed by {100 * drift:+.0f} % during the memory run: ratios against "
-            "the inference ceiling are uncertain by about as much; run the bench again"
+            "that mean are uncertain by about as much (the paired rounds below are not); run the bench again"
         )
     return lines
+
+
+def _paired_lines(runs: dict[str, dict[str, Any]]) -> list[str]:
+    paired = runs.get("memory", {}).get("paired")
+    if paired is None:
+        return []
+    return [
+        "",
+        "from memory, paired with the ceiling    ceiling fps (before, after)   edged fps   ratio",
+        *(
+            f"  round {number:<31} {before:8.1f} {after:8.1f}  {edged:14.1f}  {ratio:6.3f}"
+            for number, (before, after, edged, ratio) in enumerate(
+                zip(
+                    paired["reference_fps"],
+                    paired["reference_fps"][1:],
+                    paired["edged_fps"],
+                    paired["ratios"],
+                    strict=False,
+                ),
+                start=1,
+            )
+        ),
+        f"  median ratio {paired['median_ratio']:57.3f}",
+    ]
 
 
 def summarise(reports: list[BenchReport]) -> dict[str, dict[str, float]]:

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import cast
+from typing import NoReturn, cast
 
 import cv2
 
@@ -30,6 +30,7 @@ from edged.secrets import MqttSecurity, mqtt_security
 log = logging.getLogger("edged")
 
 SEED_MODEL = "models/face-detection-adas-binary-0001/FP32-INT1/face-detection-adas-binary-0001.xml"
+UNEXPECTED = "edged failed unexpectedly; please report this with the lines above"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except Exception:
         # A bug, not bad input: the traceback is for the developer, redacted like every log line.
-        log.exception("edged failed unexpectedly; please report this with the lines above")
+        log.exception(UNEXPECTED)
         return EXIT_FAILURE
 
 
@@ -173,15 +174,29 @@ def _run(args: argparse.Namespace) -> int:
         asyncio.get_running_loop().set_default_executor(executor)
         await supervisor.run()
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except (EdgedError, KeyboardInterrupt):
+        raise  # unusable input found at start, or a stop before the loop ran: main says so
+    except Exception:
+        # A bug took the server down with its camera threads and inferences still running: the normal exit
+        # would tear the C++ libraries down under them (std::terminate, exit 134 and a core dump).
+        log.exception(UNEXPECTED)
+        _leave_at_once(EXIT_FAILURE)
     if busy_workers() or executor.busy(timeout=0.2):
         # A camera thread is still blocked inside OpenCV/FFmpeg, or a broker connect inside paho. The normal
         # exit would wait for it, and run the C++ libraries' static destructors under a camera thread's feet
         # (std::terminate, exit 134): leave at once, everything worth keeping (MQTT flush, offline statuses,
         # logs) is done.
-        logging.shutdown()
-        os._exit(supervisor.exit_code)
+        _leave_at_once(supervisor.exit_code)
     return supervisor.exit_code
+
+
+def _leave_at_once(code: int) -> NoReturn:
+    """Exit without the interpreter's teardown, once the logs are out."""
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(code)
 
 
 def _detect(args: argparse.Namespace) -> int:

@@ -10,6 +10,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ import yaml
 from tests.edged_process import EdgedProcess, base_config, largest_gap, seqs, write_config
 
 FPS = 10.0
+SEED = "models/face-detection-adas-binary-0001/FP32-INT1/face-detection-adas-binary-0001.xml"
 
 
 def _camera(shared_dir: Path, media: str, **options: Any) -> dict[str, Any]:
@@ -308,3 +311,45 @@ def test_a_reload_goes_ahead_while_a_running_cameras_file_is_away(
         log = edged.log()
     assert code == 0, log
     assert "reload refused" not in log
+
+
+# A bug no input can reach, injected where it takes the server down at once, with the model and the camera just
+# started.
+_BUG_IN_THE_MQTT_SESSION = """
+import sys
+
+import aiomqtt
+
+from edged.cli import main
+
+
+async def fail(self):
+    raise RuntimeError("a bug in the MQTT session")
+
+
+aiomqtt.Client.__aenter__ = fail
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_bug_that_takes_edged_down_exits_1_with_its_traceback_not_with_an_abort(
+    tmp_path: Path, shared_dir: Path, broker: Any
+) -> None:
+    config = base_config(shared_dir, broker.port, {"door": {"url": str(shared_dir / "media/images/astronaut.png")}})
+    config["model"]["path"] = str(shared_dir / SEED)  # the seed model: it takes a second or two to compile
+    config_path = write_config(tmp_path / "edged.yaml", config)
+    buggy = tmp_path / "buggy_edged.py"
+    buggy.write_text(_BUG_IN_THE_MQTT_SESSION)
+
+    result = subprocess.run(
+        [sys.executable, str(buggy), "run", "-c", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "edged failed unexpectedly; please report this with the lines above" in result.stderr
+    assert "RuntimeError: a bug in the MQTT session" in result.stderr
+    assert "terminate called" not in result.stderr

@@ -187,7 +187,7 @@ class Supervisor:
         camera = Camera(name, config.cameras[name], slot, self._engines[model].preparer(), self._on_camera_status)
         self._nvr.add_camera(name, camera, slot, model)
         task = self._tasks.create_task(self._guard(camera.run, f"camera {name}"), name=f"camera-{name}")
-        task.add_done_callback(lambda _task: self._stop_if_all_finished())
+        task.add_done_callback(self._camera_ended)
         self._cameras[name] = _Running(camera, task)
 
     async def _stop_cameras(self, names: list[str]) -> None:
@@ -198,6 +198,11 @@ class Supervisor:
         for name in stopping:
             for dispatcher in self._dispatchers.values():
                 dispatcher.remove_camera(name)
+
+    def _camera_ended(self, task: asyncio.Task[None]) -> None:
+        # Cancelled outside a stop or a reload, a camera was ended by a failure elsewhere, which says so itself.
+        if not task.cancelled():
+            self._stop_if_all_finished()
 
     def _stop_if_all_finished(self) -> None:
         if self._reloading or self._lifecycle.stop_requested.is_set():

@@ -353,3 +353,4 @@ def test_a_bug_that_takes_edged_down_exits_1_with_its_traceback_not_with_an_abor
     assert "edged failed unexpectedly; please report this with the lines above" in result.stderr
     assert "RuntimeError: a bug in the MQTT session" in result.stderr
     assert "terminate called" not in result.stderr
+    assert "every camera has finished" not in result.stderr  # they did not: the bug ended them

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -195,7 +196,8 @@ def _run(args: argparse.Namespace) -> int:
 def _leave_at_once(code: int) -> NoReturn:
     """Exit without the interpreter's teardown, once the logs are out."""
     logging.shutdown()
-    sys.stdout.flush()
+    with contextlib.suppress(OSError):  # a reader of stdout that went away must not keep edged from leaving
+        sys.stdout.flush()
     os._exit(code)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import cv2
 import pytest
 
 from edged.bench import e2e
-from edged.bench.reference import InferenceCeiling
+from edged.bench.reference import BenchmarkError, InferenceCeiling
 from edged.bench.suite import BenchReport, format_table
 from tests.support.broker import Mosquitto
 
@@ -167,6 +168,21 @@ def test_a_paired_run_measures_the_reference_while_edged_is_frozen_and_judges_ea
     expected = [edged[0] / ((around[0] + around[1]) / 2), edged[1] / ((around[1] + around[2]) / 2)]
     assert paired["ratios"] == pytest.approx(expected, abs=2e-3)
     assert paired["median_ratio"] == pytest.approx(sum(expected) / 2, abs=2e-3)
+
+
+@pytest.mark.slow
+def test_a_paired_run_whose_edged_dies_says_so(tmp_path: Path, shared_dir: Path, broker: Mosquitto) -> None:
+    def reference(seconds: float) -> float:
+        os.kill(_child_running("edged.cli"), signal.SIGKILL)
+        return 100.0
+
+    still = tmp_path / "frame.png"
+    cv2.imwrite(str(still), cv2.VideoCapture(str(shared_dir / "media/classroom.mp4")).read()[1])
+    cameras = {"still0": e2e.CameraSpec(str(still))}
+    pairing = e2e.Pairing(reference, rounds=2, seconds=0.5)
+
+    with pytest.raises(BenchmarkError, match=r"edged exited with code -?\d+ during the paired rounds"):
+        e2e.run("memory", shared_dir / SEED, cameras, 1.0, (broker.host, broker.port), pairing=pairing)
 
 
 def test_the_bench_table_shows_each_paired_round_and_their_median() -> None:

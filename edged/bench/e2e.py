@@ -268,7 +268,7 @@ async def _run(
                 rss = await _rss_over(process.pid, seconds)
                 end, end_mark = _sample(process.pid), received.mark()
                 peak = _peak_rss(process.pid)
-                slices = await _interleaved(process.pid, received, pairing) if pairing else None
+                slices = await _interleaved(process, received, pairing) if pairing else None
             except BenchmarkError as error:
                 raise BenchmarkError(f"{error}; edged's last words: {_last_line(log)}") from None
             finally:
@@ -290,17 +290,20 @@ class _EdgedSlice:
     seconds: float
 
 
-async def _interleaved(pid: int, received: _Received, pairing: Pairing) -> tuple[list[float], list[_EdgedSlice]]:
+async def _interleaved(
+    process: asyncio.subprocess.Process, received: _Received, pairing: Pairing
+) -> tuple[list[float], list[_EdgedSlice]]:
     """The reference's fps in each of its slices and where each of edged's lies in the messages received
     (counted afterwards, so that nothing is parsed while edged is measured)."""
     reference: list[float] = []
     edged: list[_EdgedSlice] = []
     for round_ in range(pairing.rounds + 1):
-        os.kill(pid, signal.SIGSTOP)
+        _freeze(process)
         try:
             reference.append(await asyncio.to_thread(pairing.reference, pairing.seconds))
         finally:
-            os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):  # gone meanwhile: the next `_freeze` says so, if any
+                process.send_signal(signal.SIGCONT)
         if round_ == pairing.rounds:
             break
         await asyncio.sleep(RESUME_S)
@@ -308,6 +311,15 @@ async def _interleaved(pid: int, received: _Received, pairing: Pairing) -> tuple
         await asyncio.sleep(pairing.seconds)
         edged.append(_EdgedSlice(start, received.mark(), time.monotonic() - began))
     return reference, edged
+
+
+def _freeze(process: asyncio.subprocess.Process) -> None:
+    """SIGSTOP edged, or say it has gone (before each reference slice: an edged that died in a slice is caught)."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGSTOP)
+            return
+    raise BenchmarkError(f"edged exited with code {process.returncode} during the paired rounds")
 
 
 def _paired_rounds(received: _Received, slices: tuple[list[float], list[_EdgedSlice]]) -> PairedRounds:

@@ -252,7 +252,7 @@ class InferenceCeiling:
         frame = ov.Tensor(np.zeros((batch, height, width, 3), np.uint8))
         for request in self._queue:
             request.set_input_tensor(frame)
-        _run_queue(self._queue, len(self._queue))
+        _run_queue(self._queue, len(self._queue))  # warm-up: the first inference of each request is slow
 
     def measure(self, seconds: float) -> Throughput:
         watch = _Stopwatch()

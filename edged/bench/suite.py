@@ -40,8 +40,10 @@ OVERLOAD_MIN_S = 60.0
 # seen here as 81 against 139-149 fps within minutes).
 DRIFT_WARNING = 0.10
 # After the run from memory, edged is measured again in slices interleaved with the inference ceiling (see
-# e2e.Pairing): this many rounds, over as long in all as the run itself.
+# e2e.Pairing): this many rounds, over as long in all as the run itself, in slices of at most PAIRED_SLICE_S:
+# frozen much longer, edged would take its cameras for stalled (`stall_timeout`, 10 s by default).
 PAIRED_ROUNDS = 5
+PAIRED_SLICE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +155,9 @@ def _pairing(options: BenchOptions) -> e2e.Pairing:
     """The inference ceiling, compiled once and warm, to be measured in slices between edged's."""
     ceiling = reference.InferenceCeiling(options.model, requests=options.requests or _edged_requests(options))
     return e2e.Pairing(
-        lambda seconds: ceiling.measure(seconds).fps, PAIRED_ROUNDS, max(1.0, options.seconds / PAIRED_ROUNDS)
+        lambda seconds: ceiling.measure(seconds).fps,
+        PAIRED_ROUNDS,
+        min(PAIRED_SLICE_S, max(1.0, options.seconds / PAIRED_ROUNDS)),
     )
 
 
@@ -307,7 +311,8 @@ def format_table(report: BenchReport) -> str:
             )
     lines += _paired_lines(report.runs)
     if report.ratios:
-        lines += ["", *(f"{key:44} {value:6.3f}" for key, value in report.ratios.items())]
+        width = max(map(len, report.ratios))
+        lines += ["", *(f"{key:{width}} {value:6.3f}" for key, value in report.ratios.items())]
     return "\n".join(lines)
 
 

@@ -22,12 +22,14 @@ from tests.support.broker import Mosquitto
 SEED = "models/face-detection-adas-binary-0001/FP32-INT1/face-detection-adas-binary-0001.xml"
 
 
-def _bench(tmp_path: Path, shared_dir: Path, *options: str) -> tuple[subprocess.CompletedProcess[str], Any]:
-    """`edged bench` on one camera of a small clip, without references; its output and its JSON report."""
+def _bench(
+    tmp_path: Path, shared_dir: Path, *options: str, references: bool = False
+) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """`edged bench` on one camera of a small clip, without references unless asked; its output and JSON report."""
     report = tmp_path / "bench.json"
     command = [
-        sys.executable, "-m", "edged.cli", "bench", "--cameras", "1", "--no-references", "--json", str(report),
-        "--media", str(shared_dir / "media/classroom.mp4"), *options,
+        sys.executable, "-m", "edged.cli", "bench", "--cameras", "1", "--json", str(report),
+        "--media", str(shared_dir / "media/classroom.mp4"), *options, *([] if references else ["--no-references"]),
     ]  # fmt: skip
     result = subprocess.run(
         command,
@@ -50,6 +52,20 @@ def test_bench_measures_edged_end_to_end_and_writes_json(tmp_path: Path, shared_
     assert figures["runs"]["max"]["latency_ms"]["samples"] > 0
     assert figures["runs"]["idle"]["fps"] == 0
     assert figures["machine"]["cores"] == os.cpu_count()
+
+
+@pytest.mark.slow
+def test_bench_with_references_judges_both_targets_by_paired_rounds(tmp_path: Path, shared_dir: Path) -> None:
+    result, figures = _bench(tmp_path, shared_dir, "--seconds", "1", "--scenarios", "max,memory", references=True)
+
+    assert "benchmark_app -hint throughput" in result.stdout and "composed limit" in result.stdout
+    assert "max, paired with the composed limit" in result.stdout
+    assert "from memory, paired with the ceiling" in result.stdout
+    for run, ratio in (("max", "edged_vs_composed_limit"), ("memory", "edged_without_decode_vs_inference_ceiling")):
+        paired = figures["runs"][run]["paired"]
+        assert len(paired["ratios"]) == 5 and all(value > 0 for value in paired["ratios"])
+        assert figures["ratios"][ratio] == paired["median_ratio"]
+        assert figures["ratios"][f"{ratio}_whole_run"] > 0
 
 
 @pytest.mark.slow

@@ -13,10 +13,10 @@ import pytest
 from edged.bench.reference import (
     BenchmarkError,
     DecodeBackend,
+    InferenceCeiling,
     Throughput,
     benchmark_app_fps,
     decode_ceiling,
-    inference_ceiling,
     plain_loop,
 )
 
@@ -56,17 +56,17 @@ def test_benchmark_app_failure_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("model", [SEED, RETAIL, SSH], ids=["ssd-672x384", "ssd-300x300", "ssh-640x640"])
 def test_inference_ceiling_takes_any_input_size(shared_dir: Path, model: str) -> None:
-    assert_sane(inference_ceiling(shared_dir / model, 0.3))
+    assert_sane(InferenceCeiling(shared_dir / model).measure(0.3))
 
 
 def test_inference_ceiling_with_a_batch_counts_images(seed: Path) -> None:
-    result = inference_ceiling(seed, 0.3, batch=2, requests=1)  # the seed IR pins batch 1: unpinned
+    result = InferenceCeiling(seed, batch=2, requests=1).measure(0.3)  # the seed IR pins batch 1: unpinned
     assert_sane(result)
     assert result.frames % 2 == 0
 
 
 def test_inference_ceiling_with_in_graph_resize(seed: Path) -> None:
-    assert_sane(inference_ceiling(seed, 0.3, source_size=(480, 270)))
+    assert_sane(InferenceCeiling(seed, source_size=(480, 270)).measure(0.3))
 
 
 def test_decode_ceiling_by_frames_shares_them_among_streams(clip: Path) -> None:

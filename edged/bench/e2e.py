@@ -276,8 +276,9 @@ async def _run(
                     process.send_signal(signal.SIGTERM)
                     await asyncio.wait_for(process.wait(), 15)
             await asyncio.sleep(0.3)  # the final stats message, published on the way out
-        window, final_stats = received.results(start_mark, end_mark)
-        paired = _paired_rounds(received, slices) if slices else None
+        messages = received.read()
+        window, final_stats = _detections(messages, start_mark, end_mark), _last_stats(messages)
+        paired = _paired_rounds(messages, slices) if slices else None
     result = _result(name, cameras, window, start, end, [start.rss, *rss, end.rss], peak, final_stats)
     result.paired = paired
     return result
@@ -322,9 +323,9 @@ def _freeze(process: asyncio.subprocess.Process) -> None:
     raise BenchmarkError(f"edged exited with code {process.returncode} during the paired rounds")
 
 
-def _paired_rounds(received: _Received, slices: tuple[list[float], list[_EdgedSlice]]) -> PairedRounds:
+def _paired_rounds(received: bytes, slices: tuple[list[float], list[_EdgedSlice]]) -> PairedRounds:
     reference, edged = slices
-    return PairedRounds(reference, [len(received.results(s.start, s.end)[0]) / s.seconds for s in edged])
+    return PairedRounds(reference, [len(_detections(received, s.start, s.end)) / s.seconds for s in edged])
 
 
 class _Received:
@@ -358,22 +359,26 @@ class _Received:
                 self.cameras_seen.add(topic.split("/")[-2])
         return self.cameras_seen
 
-    def results(self, start: int, end: int) -> tuple[list[tuple[str, float]], dict[str, Any]]:
-        """(camera, latency_ms) of the detection messages whose lines end between two marks, and the last
-        stats message (edged publishes one on its way out)."""
-        data = self._path.read_bytes()
-        first = data.rfind(b"\n", 0, start) + 1  # a line cut by the first mark ended after it: it counts
-        last = data.rfind(b"\n", 0, end) + 1  # one cut by the last mark ends after it: it does not
-        window = []
-        for line in data[first:last].splitlines():
-            topic, _, payload = line.partition(b" ")
-            if topic.endswith(b"/detections"):
-                body = json.loads(payload)
-                window.append((body["camera"], body["latency_ms"]))
-        return window, _last_stats(data)
+    def read(self) -> bytes:
+        """Everything received so far, to be looked into between marks (`_detections`) once edged is measured."""
+        return self._path.read_bytes()
+
+
+def _detections(received: bytes, start: int, end: int) -> list[tuple[str, float]]:
+    """(camera, latency_ms) of the detection messages whose lines end between two marks."""
+    first = received.rfind(b"\n", 0, start) + 1  # a line cut by the first mark ended after it: it counts
+    last = received.rfind(b"\n", 0, end) + 1  # one cut by the last mark ends after it: it does not
+    window = []
+    for line in received[first:last].splitlines():
+        topic, _, payload = line.partition(b" ")
+        if topic.endswith(b"/detections"):
+            body = json.loads(payload)
+            window.append((body["camera"], body["latency_ms"]))
+    return window
 
 
 def _last_stats(received: bytes) -> dict[str, Any]:
+    """The last stats message (edged publishes one on its way out)."""
     stats_topic = f"{PREFIX}/stats".encode()
     for line in reversed(received.splitlines()):
         topic, _, payload = line.partition(b" ")

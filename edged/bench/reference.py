@@ -3,7 +3,7 @@
 Four measurements, each bounded by seconds or frames, each returning plain figures:
 
 - `benchmark_app_fps`: OpenVINO's own `benchmark_app -hint throughput` (the yardstick everyone quotes);
-- `inference_ceiling`: the model alone through edged's settings (THROUGHPUT hint, AsyncInferQueue,
+- `InferenceCeiling`: the model alone through edged's settings (THROUGHPUT hint, AsyncInferQueue,
   u8 NHWC input converted inside the graph), fed one constant, already resized frame;
 - `decode_ceiling`: decoding only, one thread per stream as edged's readers do;
 - `plain_loop`: the hand-written baseline (read, resize, synchronous infer, parse), single thread.
@@ -202,23 +202,6 @@ def compile_for_throughput(
 
 def optimal_requests(compiled: ov.CompiledModel) -> int:
     return int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-
-
-def inference_ceiling(
-    model_xml: PathLike,
-    seconds: float,
-    *,
-    requests: int | None = None,
-    batch: int = 1,
-    device: str = "CPU",
-    config: dict[str, Any] | None = None,
-    source_size: tuple[int, int] | None = None,
-) -> Throughput:
-    """Images per second of the model alone, fed a constant pre-resized u8 NHWC frame (see InferenceCeiling)."""
-    ceiling = InferenceCeiling(
-        model_xml, requests=requests, batch=batch, device=device, config=config, source_size=source_size
-    )
-    return ceiling.measure(seconds)
 
 
 class InferenceCeiling:

@@ -93,8 +93,15 @@ def run_suite(options: BenchOptions, progress: Callable[[str], None]) -> BenchRe
     slices of the inference ceiling or of the composed limit (e2e.Pairing, _pairing).
     """
     report = BenchReport(_machine(), {k: str(v) for k, v in asdict(options).items()})
-    if options.references:
-        report.references |= _inference_references(options, progress)
+    # Compiled once, with the requests edged uses for files at full speed, and measured for every reference
+    # and paired slice that needs it.
+    ceiling = (
+        reference.InferenceCeiling(options.model, requests=options.requests or _edged_requests(options))
+        if options.references
+        else None
+    )
+    if ceiling is not None:
+        report.references |= _inference_references(options, ceiling, progress)
     with e2e.broker(*(options.mqtt or (None, None))) as mqtt, tempfile.TemporaryDirectory() as scratch:
 
         def run(scenario: str) -> None:
@@ -109,14 +116,15 @@ def run_suite(options: BenchOptions, progress: Callable[[str], None]) -> BenchRe
                 expect_messages=scenario != "idle",
                 requests=options.requests,
                 warmup=SOAK_WARMUP_S if scenario == "overload" and options.soak_seconds else e2e.WARMUP_S,
-                pairing=_pairing(options, scenario, report.references),
+                pairing=_pairing(options, scenario, report.references, ceiling) if ceiling else None,
             )
             report.runs[scenario] = result.to_dict()
 
         if "memory" in options.scenarios:
             run("memory")
-            if options.references:
-                report.references |= _ceiling_again(options, report.references["inference_ceiling"], progress)
+            if ceiling is not None:
+                before = report.references["inference_ceiling"]
+                report.references |= _ceiling_again(options, ceiling, before, progress)
         if options.references:
             refs = report.references  # the composed limit takes the ceiling measured last, nearest the max run
             latest = refs.get("inference_ceiling_after_memory", refs["inference_ceiling"])
@@ -129,23 +137,30 @@ def run_suite(options: BenchOptions, progress: Callable[[str], None]) -> BenchRe
     return report
 
 
-def _inference_references(options: BenchOptions, progress: Callable[[str], None]) -> dict[str, Any]:
+def _inference_references(
+    options: BenchOptions, ceiling: reference.InferenceCeiling, progress: Callable[[str], None]
+) -> dict[str, Any]:
     seconds = _reference_seconds(options)
     progress("benchmark_app")
     app = reference.benchmark_app_fps(options.model, max(2, round(seconds)))
     progress("inference ceiling (edged's compile settings and queue)")
-    ceiling = _inference_ceiling(options)
+    measured = ceiling.measure(seconds)
     return {
         "benchmark_app_fps": round(app, 2),
-        "inference_ceiling": ceiling.to_dict(),
-        "inference_ceiling_fps": round(ceiling.fps, 2),  # the figure the ratios use: the mean, once measured twice
+        "inference_ceiling": measured.to_dict(),
+        "inference_ceiling_fps": round(measured.fps, 2),  # the figure the ratios use: the mean, once measured twice
     }
 
 
-def _ceiling_again(options: BenchOptions, before: dict[str, float], progress: Callable[[str], None]) -> dict[str, Any]:
+def _ceiling_again(
+    options: BenchOptions,
+    ceiling: reference.InferenceCeiling,
+    before: dict[str, float],
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
     """The inference ceiling after the run from memory: with the one before, it brackets that run."""
     progress("inference ceiling, again")
-    after = _inference_ceiling(options)
+    after = ceiling.measure(_reference_seconds(options))
     return {
         "inference_ceiling_after_memory": after.to_dict(),
         "inference_ceiling_fps": round((before["fps"] + after.fps) / 2, 2),
@@ -153,12 +168,13 @@ def _ceiling_again(options: BenchOptions, before: dict[str, float], progress: Ca
     }
 
 
-def _pairing(options: BenchOptions, scenario: str, refs: dict[str, Any]) -> e2e.Pairing | None:
+def _pairing(
+    options: BenchOptions, scenario: str, refs: dict[str, Any], ceiling: reference.InferenceCeiling
+) -> e2e.Pairing | None:
     """What a run's slices are judged against: from memory the inference ceiling, at full speed the composed
-    limit (its inference and decoding measured in each slice, half the slice each); compiled once and warm."""
-    if not refs or scenario not in ("memory", "max"):
+    limit (its inference and decoding measured in each slice, half the slice each)."""
+    if scenario not in ("memory", "max"):
         return None
-    ceiling = reference.InferenceCeiling(options.model, requests=options.requests or _edged_requests(options))
     slice_s = min(PAIRED_SLICE_S, max(1.0, options.seconds / PAIRED_ROUNDS))
     if scenario == "memory":
         return e2e.Pairing(lambda seconds: ceiling.measure(seconds).fps, PAIRED_ROUNDS, slice_s)
@@ -174,11 +190,6 @@ def _pairing(options: BenchOptions, scenario: str, refs: dict[str, Any]) -> e2e.
         return 1.0 / (1.0 / decode + 1.0 / inference + resize_s)
 
     return e2e.Pairing(composed_limit, PAIRED_ROUNDS, slice_s)
-
-
-def _inference_ceiling(options: BenchOptions) -> reference.Throughput:
-    requests = options.requests or _edged_requests(options)
-    return reference.inference_ceiling(options.model, _reference_seconds(options), requests=requests)
 
 
 def _decode_references(options: BenchOptions, ceiling_fps: float, progress: Callable[[str], None]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edged import inference
 from edged.camera import Camera
 from edged.config import CameraConfig
 from edged.dispatch import Dispatcher
@@ -120,6 +121,22 @@ async def test_openvinos_callback_thread_waits_its_turn_when_woken_and_the_event
         await asyncio.wait_for(result, 10)
     assert len(_waiting_their_turn() - before) == 1  # the engine's callback thread, which decodes and hands on
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the event loop is served as soon as it is woken
+
+
+async def test_openvinos_callback_thread_is_set_up_once_not_for_every_frame(
+    shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The binding gives a thread without a Python thread state a fresh one per callback unless edged keeps it:
+    # the set-up (and a system call, and an allocation freed again) then ran for every frame.
+    set_ups: list[int] = []
+    monkeypatch.setattr(inference, "waits_its_turn", lambda: set_ups.append(threading.get_native_id()))
+    engine = _one_request_engine(shared_dir)
+    image = np.zeros((300, 300, 3), np.uint8)
+    for index in range(6):
+        result: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        engine.submit(Frame("door", index, time.time(), image, engine.prepare(image)), result.set_result)
+        await asyncio.wait_for(result, 10)
+    assert len(set_ups) == len(set(set_ups)) == 1
 
 
 def test_the_lowest_priority_call_returns_its_result_and_raises_its_error_in_the_caller() -> None:

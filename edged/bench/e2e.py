@@ -1,7 +1,8 @@
 """edged measured end to end, as users run it: `edged run` in its own process, a real broker, a subscriber.
 
 Figures come from what the subscriber receives (messages, their `latency_ms`) and from /proc for the
-edged process (CPU time, RSS), over a window that starts once every camera has published.
+edged process (CPU time, RSS), over a window that starts once edged says it is serving (READY=1, the bench
+standing in for systemd) and every camera has published.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from edged.bench.reference import BenchmarkError
 PREFIX = "bench"
 RSS_SAMPLE_S = 5.0
 WARMUP_S = 3.0  # from every camera's first message to the start of the measuring window
+READY_TIMEOUT_S = 120.0  # for edged to start: imports, models compiled, cameras started, broker reached
 SUBSCRIBE_S = 0.5  # for mosquitto_sub to connect and subscribe before edged starts publishing
 # After edged is let go again in a paired run: the frames frozen in flight come back and every camera's next
 # frame is under way well within this (an inference takes milliseconds), so each slice measures a steady state.
@@ -92,6 +94,7 @@ class RunResult:
     rss_peak: int
     frames_skipped: int
     frames_read: int
+    startup_s: float = float("nan")  # from starting the process to its READY=1
     paired: PairedRounds | None = None
 
     @property
@@ -158,6 +161,7 @@ class RunResult:
             "rss_growth": self.rss_growth,
             "frames_read": self.frames_read,
             "frames_skipped": self.frames_skipped,
+            "startup_s": round(self.startup_s, 2),
             "fairness": round(self.fairness, 4),
         } | ({"paired": self.paired.to_dict()} if self.paired else {})
 
@@ -254,13 +258,20 @@ async def _run(
     with tempfile.TemporaryDirectory(prefix="edged-bench-") as folder:
         config = write_config(Path(folder), model, cameras, host, port, requests)
         log = Path(folder) / "edged.log"
-        async with _subscriber(host, port, Path(folder) / "received.txt") as received:
+        async with (
+            _subscriber(host, port, Path(folder) / "received.txt") as received,
+            _readiness(Path(folder) / "notify.sock") as readiness,
+        ):
+            launched = time.monotonic()
             with log.open("wb") as stderr:
                 process = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "edged.cli", "--log-level", "warning", "run", "-c", str(config),
-                    stderr=stderr,
+                    stderr=stderr, env={**os.environ, "NOTIFY_SOCKET": str(readiness.path)},
                 )  # fmt: skip
             try:
+                # Not a moment earlier: an idle window that began during the imports and the compile measured those.
+                await readiness.wait(process)
+                startup_s = time.monotonic() - launched
                 if expect_messages:
                     await _until_every_camera_publishes(received, cameras, process)
                 await asyncio.sleep(warmup)
@@ -280,6 +291,7 @@ async def _run(
         window, final_stats = _detections(messages, start_mark, end_mark), _last_stats(messages)
         paired = _paired_rounds(messages, slices) if slices else None
     result = _result(name, cameras, window, start, end, [start.rss, *rss, end.rss], peak, final_stats)
+    result.startup_s = startup_s
     result.paired = paired
     return result
 
@@ -418,6 +430,52 @@ async def _until_subscribed(process: asyncio.subprocess.Process, host: str, port
         assert process.stderr is not None
         problem = (await process.stderr.read()).decode(errors="replace").strip() or f"exit code {process.returncode}"
         raise BenchmarkError(f"the bench's subscriber could not subscribe at {host}:{port}: {problem}")
+
+
+class _Readiness:
+    """The bench in systemd's place for one `edged run`: its notify socket, and READY=1 when edged says it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self._socket.bind(str(path))
+        self._socket.setblocking(False)
+        self._ready = asyncio.Event()
+        # Read every notification as it comes (STATUS= lines follow every few seconds): a full queue would make
+        # edged drop them and warn.
+        asyncio.get_running_loop().add_reader(self._socket.fileno(), self._receive)
+
+    def _receive(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                if b"READY=1" in self._socket.recv(4096).splitlines():
+                    self._ready.set()
+
+    async def wait(self, process: asyncio.subprocess.Process) -> None:
+        ready = asyncio.ensure_future(self._ready.wait())
+        exited = asyncio.ensure_future(process.wait())
+        try:
+            await asyncio.wait({ready, exited}, timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            exited.cancel()
+        if process.returncode is not None:
+            raise BenchmarkError(f"edged exited with code {process.returncode} before it was ready")
+        if not self._ready.is_set():
+            raise BenchmarkError(f"edged did not say READY=1 within {READY_TIMEOUT_S:.0f} s")
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self._socket.fileno())
+        self._socket.close()
+
+
+@contextlib.asynccontextmanager
+async def _readiness(path: Path) -> AsyncIterator[_Readiness]:
+    readiness = _Readiness(path)
+    try:
+        yield readiness
+    finally:
+        readiness.close()
 
 
 async def _until_every_camera_publishes(

@@ -303,9 +303,9 @@ def _settle_callback_thread() -> None:
     The binding (pybind11) gives a thread without a Python thread state a new one for each callback and
     deletes it on return: an allocation, a free and a few system calls per frame, and the thread's
     `threading.local` data went with it, so what was meant to run once per thread ran once per frame. One
-    more hold on the state, never released, keeps it for the thread's life (the compiled model's). Measured
-    from memory, interleaved with and without: edged's CPU per frame 14.0 against 14.3-14.7 ms, and 0.956-0.968
-    of the inference ceiling against 0.930-0.935 (docs/performance-notes.md, section s).
+    more hold on the state, never released, keeps it for the thread's life (its engine's: as long as edged
+    runs). Measured from memory, interleaved with and without: edged's CPU per frame 14.0 against 14.3-14.7 ms,
+    and 0.956-0.968 of the inference ceiling against 0.930-0.935 (docs/performance-notes.md, section s).
     """
     ctypes.pythonapi.PyGILState_Ensure()
     waits_its_turn()

@@ -332,7 +332,8 @@ def _freeze(process: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGSTOP)
             return
-    raise BenchmarkError(f"edged exited with code {process.returncode} during the paired rounds")
+    code = f" with code {process.returncode}" if process.returncode is not None else ""  # None: not reaped yet
+    raise BenchmarkError(f"edged exited{code} during the paired rounds")
 
 
 def _paired_rounds(received: bytes, slices: tuple[list[float], list[_EdgedSlice]]) -> PairedRounds:

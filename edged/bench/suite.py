@@ -93,14 +93,11 @@ def run_suite(options: BenchOptions, progress: Callable[[str], None]) -> BenchRe
     slices of the inference ceiling or of the composed limit (e2e.Pairing, _pairing).
     """
     report = BenchReport(_machine(), {k: str(v) for k, v in asdict(options).items()})
-    # Compiled once, with the requests edged uses for files at full speed, and measured for every reference
-    # and paired slice that needs it.
-    ceiling = (
-        reference.InferenceCeiling(options.model, requests=options.requests or _edged_requests(options))
-        if options.references
-        else None
-    )
-    if ceiling is not None:
+    ceiling: reference.InferenceCeiling | None = None
+    if options.references:
+        # Compiled once, with the requests edged uses for files at full speed, and measured for every reference
+        # and paired slice that needs it.
+        ceiling = reference.InferenceCeiling(options.model, requests=options.requests or _edged_requests(options))
         report.references |= _inference_references(options, ceiling, progress)
     with e2e.broker(*(options.mqtt or (None, None))) as mqtt, tempfile.TemporaryDirectory() as scratch:
 

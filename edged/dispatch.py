@@ -190,6 +190,7 @@ class Dispatcher:
         while True:
             await self._busy.wait()  # nothing in flight, nothing to give up on: no tick while edged is idle
             await asyncio.sleep(min(LOST_CHECK_S, self._lost_after / 2))
+            self._engine.hand_over()  # a result held back for the next one to bring, whose inference then failed
             deadline = time.monotonic() - self._lost_after
             for camera, in_order in self._in_order.items():
                 while in_order and in_order[0][1] < deadline and id(in_order[0][0]) not in self._finished:

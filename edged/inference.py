@@ -4,7 +4,7 @@ Frames arrive already resized to the model's input by their camera thread (measu
 into the input size beats an in-graph resize from 1080p here); the graph itself takes the u8 NHWC
 frame and does the layout and type conversion (PrePostProcessor), so nothing else runs in Python.
 Completion callbacks run on OpenVINO's threads: they decode there, off the event loop, and hand the
-result to the loop with `call_soon_threadsafe`.
+results to the loop with `call_soon_threadsafe`, two at a time while the engine is saturated.
 """
 
 from __future__ import annotations
@@ -189,6 +189,14 @@ class Engine:
             ) from None
         self._queue = ov.AsyncInferQueue(self._compiled, spec.requests or self._default_requests(throughput_bound))
         self._queue.set_callback(self._completed)
+        # Results on their way to the loop (see _completed), guarded by `_handoff`: OpenVINO may call back on
+        # more than one thread.
+        self._handoff = threading.Lock()
+        self._ready: list[tuple[ResultCallback, Result]] = []
+        self._handover_due = False  # the loop has been asked to take `_ready`
+        self._started = 0  # inferences started: written on the loop only
+        self._finished = 0  # inferences called back: written under `_handoff`
+        self._streams = _streams(self._compiled, len(self._queue))
         # The base class's overload takes one Tensor as it is. AsyncInferQueue.start_async, its Python
         # wrapper, first dispatches any input type and looks the idle request up: 85-115 us more of the
         # event loop's CPU per frame, measured (docs/performance-notes.md, section j).
@@ -271,9 +279,17 @@ class Engine:
         # referenced through userdata until the request completes: the request itself does not keep it.
         pixels = np.ascontiguousarray(frame.tensor)
         self._start_async(ov.Tensor(pixels[None], shared_memory=True), (frame, done, time.perf_counter(), pixels))
+        self._started += 1  # after the start: a result's callback may only ever see too few started, never too many
 
     def _completed(self, request: ov.InferRequest, userdata: Any) -> None:
-        """On an OpenVINO thread: decode here, then hand the result to the event loop."""
+        """On an OpenVINO thread: decode here, then hand the result to the event loop.
+
+        Waking the loop costs it more than the Python it then runs (docs/performance-notes.md, sections l and t).
+        While every stream of the device still runs an inference, the cores have work anyway and another result
+        is at most one inference away: this one waits to go with it, so a saturated engine wakes the loop about
+        once per two results (loop CPU per frame 0.45-0.55 ms -> 0.35-0.37 ms from memory). An engine with a
+        stream idle (live cameras below the model's capacity) hands each result over at once.
+        """
         if not getattr(_callback_thread, "settled", False):  # once per thread: OpenVINO owns these threads
             _settle_callback_thread()
         frame, done, started, _pixels = userdata
@@ -282,8 +298,28 @@ class Engine:
             result = Result(frame, self.name, self._decode(request, frame.width, frame.height), elapsed_ms)
         except Exception as error:  # a decode failure must reach the loop, not die in OpenVINO's thread
             result = Result(frame, self.name, Faces.none(), elapsed_ms, error)
+        with self._handoff:
+            self._finished += 1
+            self._ready.append((done, result))
+            if self._handover_due or self._started - self._finished >= self._streams:
+                return  # asked already, or every stream still runs an inference, whose result brings this one along
+            self._handover_due = True
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(done, result)
+        self._loop.call_soon_threadsafe(self.hand_over)
+
+    def hand_over(self) -> None:
+        """On the loop: hand the results that are back to their callbacks. Also called now and then by the
+        dispatcher, for a result held for the next one whose inference then failed (OpenVINO calls nothing back)."""
+        with self._handoff:
+            ready, self._ready = self._ready, []
+            self._handover_due = False
+        for done, result in ready:
+            try:
+                done(result)
+            except Exception:  # as the loop treats a failing callback: said, and the others still handed over
+                log.exception(
+                    "model %s: the result of camera %s could not be handed over", self.name, result.frame.camera
+                )
 
     def detect(self, image: Image) -> Faces:
         """Synchronous detection on one image, for the CLI; not used by the server's hot path."""
@@ -295,6 +331,15 @@ class Engine:
         outputs = {name: request.get_tensor(name).data for name in self._output_names}
         faces = self._decoder.decode(outputs, [self._decode_size(width, height)])[0]
         return faces.clamped(width, height) if self._letterbox else faces
+
+
+def _streams(compiled: ov.CompiledModel, requests: int) -> int:
+    """How many inferences the device runs at once (the rest wait in its queue)."""
+    try:
+        streams = int(compiled.get_property("NUM_STREAMS"))
+    except (RuntimeError, TypeError, ValueError):  # a device that does not say: never hold a result back
+        return requests
+    return streams if streams > 0 else requests
 
 
 def _settle_callback_thread() -> None:

@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -213,6 +214,38 @@ async def test_a_frame_whose_inference_never_returns_is_given_up_and_the_cameras
     assert delivered == [1, 2, 3, 4, 5]  # in capture order, none held back behind the lost frame
     assert dispatcher.in_flight == 0
     assert "camera door: frame 0 never came back from model retail after 1 s" in caplog.text
+
+
+class _EngineFailingEveryInferenceButTheFirst(Engine):
+    """The real engine, but every inference after the first to finish fails inside OpenVINO, whose AsyncInferQueue
+    then calls nothing back: a result held back for the next one to bring along would wait for good."""
+
+    called_back = False
+
+    def _completed(self, request: Any, userdata: Any) -> None:
+        if not self.called_back:
+            self.called_back = True
+            super()._completed(request, userdata)
+
+
+async def test_a_result_held_for_the_next_one_to_bring_is_delivered_when_every_later_inference_fails(
+    shared_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = _EngineFailingEveryInferenceButTheFirst(_retail(shared_dir, requests=4))
+    delivered: list[str] = []
+    dispatcher = Dispatcher(engine, lambda result: delivered.append(result.frame.camera), lost_after=2.0)
+    image = np.zeros((300, 300, 3), np.uint8)
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        for camera in ("a", "b", "c", "d"):  # one frame each, all in flight at once
+            dispatcher.add_camera(camera).put(Frame(camera, 0, time.time(), image, engine.prepare(image)))
+        await asyncio.sleep(1.5)  # well before the others are given up on
+        assert len(delivered) == 1
+        await asyncio.wait_for(dispatcher.drain(), 10)
+    finally:
+        task.cancel()
+    assert (len(delivered), dispatcher.lost) == (1, 3)
+    assert caplog.text.count("never came back from model retail") == 1  # the first give-up is logged
 
 
 async def test_a_result_that_comes_back_after_its_frame_was_given_up_is_not_delivered_nor_counted_twice(

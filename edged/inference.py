@@ -4,7 +4,7 @@ Frames arrive already resized to the model's input by their camera thread (measu
 into the input size beats an in-graph resize from 1080p here); the graph itself takes the u8 NHWC
 frame and does the layout and type conversion (PrePostProcessor), so nothing else runs in Python.
 Completion callbacks run on OpenVINO's threads: they decode there, off the event loop, and hand the
-results to the loop with `call_soon_threadsafe`, two at a time while the engine is saturated.
+results to the loop with `call_soon_threadsafe`, two at a time while inferences wait queued.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ from edged.models import ModelSpec, Preprocessing
 from edged.priority import waits_its_turn
 
 log = logging.getLogger("edged.inference")
+
+# Requests beyond OpenVINO's optimal number for a model that serves a file at full speed (see _default_requests).
+FULL_SPEED_EXTRA_REQUESTS = 2
 
 _callback_thread = threading.local()  # OpenVINO's thread that runs completion callbacks (see Engine._completed)
 
@@ -213,15 +216,16 @@ class Engine:
         )
 
     def _default_requests(self, throughput_bound: bool) -> int:
-        """OpenVINO's optimal number, plus one for files at full speed.
+        """OpenVINO's optimal number, plus two (FULL_SPEED_EXTRA_REQUESTS) for files at full speed.
 
-        The extra request is already running while a finished one travels back through the event loop
-        to be refilled (files at full speed, 4 x 1080p: 82 vs 71 fps median). Live cameras do not get
-        it: every frame would wait about one inference longer for no throughput (Little's law; 4 x 15
-        fps live: p50 150 vs 190 ms at the same fps on a machine that could not keep up).
+        The first extra request is already running while a finished one travels back through the event loop
+        to be refilled (files at full speed, 4 x 1080p: 82 vs 71 fps median). The second keeps one inference
+        queued behind those the device runs, so a result can wait for the next one without leaving a stream
+        idle (see _completed). Live cameras get neither: every frame would wait longer for no throughput
+        (Little's law; 4 x 15 fps live: p50 150 vs 190 ms at the same fps on a machine that could not keep up).
         """
         optimal = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        return optimal + 1 if throughput_bound else optimal
+        return optimal + FULL_SPEED_EXTRA_REQUESTS if throughput_bound else optimal
 
     @property
     def requests(self) -> int:
@@ -285,10 +289,12 @@ class Engine:
         """On an OpenVINO thread: decode here, then hand the result to the event loop.
 
         Waking the loop costs it more than the Python it then runs (docs/performance-notes.md, sections l and t).
-        While every stream of the device still runs an inference, the cores have work anyway and another result
-        is at most one inference away: this one waits to go with it, so a saturated engine wakes the loop about
-        once per two results (loop CPU per frame 0.45-0.55 ms -> 0.35-0.37 ms from memory). An engine with a
-        stream idle (live cameras below the model's capacity) hands each result over at once.
+        While an inference waits queued behind those the device runs, it starts on the stream this one freed and
+        another result is at most one inference away: this one waits to go with it, and the loop is woken about
+        once per two results (from memory, the loop's CPU per frame 0.51-0.60 -> 0.40-0.42 ms) while every core
+        keeps working. Holding a result while nothing is queued would leave a stream idle until the loop refills
+        it (measured: 2 % of the cores). Live cameras below the model's capacity queue nothing: each result goes
+        over at once.
         """
         if not getattr(_callback_thread, "settled", False):  # once per thread: OpenVINO owns these threads
             _settle_callback_thread()
@@ -301,8 +307,8 @@ class Engine:
         with self._handoff:
             self._finished += 1
             self._ready.append((done, result))
-            if self._handover_due or self._started - self._finished >= self._streams:
-                return  # asked already, or every stream still runs an inference, whose result brings this one along
+            if self._handover_due or self._started - self._finished > self._streams:
+                return  # asked already, or an inference is queued: the next result, due soon, brings this one along
             self._handover_due = True
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self.hand_over)

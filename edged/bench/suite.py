@@ -219,9 +219,11 @@ def _edged_requests(options: BenchOptions) -> int:
     """The requests in flight edged uses by default for files at full speed, as in the max run (see Engine)."""
     import openvino as ov
 
+    from edged.inference import FULL_SPEED_EXTRA_REQUESTS
+
     core = ov.Core()
     model, _ = reference.prepare_model(core, options.model)
-    return reference.optimal_requests(reference.compile_for_throughput(core, model)) + 1
+    return reference.optimal_requests(reference.compile_for_throughput(core, model)) + FULL_SPEED_EXTRA_REQUESTS
 
 
 def _resize_ms(options: BenchOptions) -> float:

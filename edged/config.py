@@ -201,7 +201,7 @@ class ModelConfig(_Strict):
     confidence: float | None = Field(default=None, gt=0.0, le=1.0)  # default: the descriptor's, else 0.5
     nms_iou: float | None = Field(default=None, gt=0.0, le=1.0)  # ssh family; default 0.3
     resize: Literal["stretch", "letterbox"] | None = None  # default: the descriptor's, else stretch
-    # In flight. Default: OpenVINO's optimal number, + 1 when a camera of the model is a file at full speed.
+    # In flight. Default: OpenVINO's optimal number, + 2 when a camera of the model is a file at full speed.
     requests: int | None = Field(default=None, ge=1, le=64)
 
     @field_validator("path")
@@ -408,7 +408,7 @@ class Config(_Strict):
         return self.cameras[camera].model or next(iter(self.models))
 
     def throughput_bound(self, model: str) -> bool:
-        """Some camera of `model` is a file read at full speed: it gets a request more in flight."""
+        """Some camera of `model` is a file read at full speed: it gets two requests more in flight."""
         return any(camera.waits_for_detection for name, camera in self.cameras.items() if self.model_of(name) == model)
 
 

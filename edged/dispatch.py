@@ -200,6 +200,7 @@ class Dispatcher:
 
     def _give_up(self, frame: Frame) -> None:
         self.lost += 1
+        self._engine.forget(frame)
         self._returned()
         if self.in_flight == 0:
             self._silence = time.monotonic() - self._heard_from

@@ -197,8 +197,7 @@ class Engine:
         self._handoff = threading.Lock()
         self._ready: list[tuple[ResultCallback, Result]] = []
         self._handover_due = False  # the loop has been asked to take `_ready`
-        self._started = 0  # inferences started: written on the loop only
-        self._finished = 0  # inferences called back: written under `_handoff`
+        self._out: set[int] = set()  # id() of each frame whose inference runs or waits in OpenVINO's queue
         self._streams = _streams(self._compiled, len(self._queue))
         # The base class's overload takes one Tensor as it is. AsyncInferQueue.start_async, its Python
         # wrapper, first dispatches any input type and looks the idle request up: 85-115 us more of the
@@ -282,19 +281,30 @@ class Engine:
         # that, and already is but for an odd source, whose copy is then made here). The buffer stays
         # referenced through userdata until the request completes: the request itself does not keep it.
         pixels = np.ascontiguousarray(frame.tensor)
-        self._start_async(ov.Tensor(pixels[None], shared_memory=True), (frame, done, time.perf_counter(), pixels))
-        self._started += 1  # after the start: a result's callback may only ever see too few started, never too many
+        with self._handoff:  # before the start: its callback may come before start_async returns
+            self._out.add(id(frame))  # unique while out: the frame lives in the request's userdata until its callback
+        try:
+            self._start_async(ov.Tensor(pixels[None], shared_memory=True), (frame, done, time.perf_counter(), pixels))
+        except BaseException:
+            self.forget(frame)
+            raise
+
+    def forget(self, frame: Frame) -> None:
+        """The frame's inference was given up on (OpenVINO calls nothing back for one that failed inside it): it no
+        longer counts as out, so no result is held for it."""
+        with self._handoff:
+            self._out.discard(id(frame))
 
     def _completed(self, request: ov.InferRequest, userdata: Any) -> None:
         """On an OpenVINO thread: decode here, then hand the result to the event loop.
 
         Waking the loop costs it more than the Python it then runs (docs/performance-notes.md, sections l and t).
         While an inference waits queued behind those the device runs, it starts on the stream this one freed and
-        another result is at most one inference away: this one waits to go with it, and the loop is woken about
-        once per two results (from memory, the loop's CPU per frame 0.51-0.60 -> 0.40-0.42 ms) while every core
-        keeps working. Holding a result while nothing is queued would leave a stream idle until the loop refills
-        it (measured: 2 % of the cores). Live cameras below the model's capacity queue nothing: each result goes
-        over at once.
+        another result is at most one inference away: this one waits to go with it (never more than one result
+        waits), and the loop is woken once per two results (from memory, the loop's CPU per frame 0.45-0.60 ->
+        0.35-0.42 ms) while every core keeps working. Holding a result while nothing is queued would leave a stream
+        idle until the loop refills it (measured: 2-3 % of the cores). Live cameras below the model's capacity
+        queue nothing: each result goes over at once.
         """
         if not getattr(_callback_thread, "settled", False):  # once per thread: OpenVINO owns these threads
             _settle_callback_thread()
@@ -305,9 +315,9 @@ class Engine:
         except Exception as error:  # a decode failure must reach the loop, not die in OpenVINO's thread
             result = Result(frame, self.name, Faces.none(), elapsed_ms, error)
         with self._handoff:
-            self._finished += 1
+            self._out.discard(id(frame))
             self._ready.append((done, result))
-            if self._handover_due or self._started - self._finished > self._streams:
+            if self._handover_due or (len(self._ready) == 1 and len(self._out) > self._streams):
                 return  # asked already, or an inference is queued: the next result, due soon, brings this one along
             self._handover_due = True
         assert self._loop is not None

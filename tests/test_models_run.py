@@ -145,7 +145,7 @@ def test_run_with_two_models_at_once_each_message_names_its_model(
 
 
 @pytest.mark.slow
-def test_a_model_of_live_cameras_keeps_one_request_fewer_in_flight_than_a_model_of_files_at_full_speed(
+def test_a_model_of_live_cameras_keeps_two_requests_fewer_in_flight_than_a_model_of_files_at_full_speed(
     tmp_path: Path, shared_dir: Path, broker: Mosquitto
 ) -> None:
     """Latency for live cameras, throughput for files read as fast as detection goes (same model file)."""

@@ -218,12 +218,14 @@ async def test_a_frame_whose_inference_never_returns_is_given_up_and_the_cameras
 
 class _EngineFailingEveryInferenceButTheFirst(Engine):
     """The real engine, but every inference after the first to finish fails inside OpenVINO, whose AsyncInferQueue
-    then calls nothing back: a result held back for the next one to bring along would wait for good."""
+    then calls nothing back, until `failing` is turned off: a result held back for the next one to bring along
+    would wait for good."""
 
     called_back = False
+    failing = True
 
     def _completed(self, request: Any, userdata: Any) -> None:
-        if not self.called_back:
+        if not self.called_back or not self.failing:
             self.called_back = True
             super()._completed(request, userdata)
 
@@ -231,20 +233,30 @@ class _EngineFailingEveryInferenceButTheFirst(Engine):
 async def test_a_result_held_for_the_next_one_to_bring_is_delivered_when_every_later_inference_fails(
     shared_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = _EngineFailingEveryInferenceButTheFirst(_retail(shared_dir, requests=4))
+    # Eight in flight: more than a device this size runs at once, so the first result is held for the next.
+    engine = _EngineFailingEveryInferenceButTheFirst(_retail(shared_dir, requests=8))
     delivered: list[str] = []
     dispatcher = Dispatcher(engine, lambda result: delivered.append(result.frame.camera), lost_after=2.0)
     image = np.zeros((300, 300, 3), np.uint8)
+    slots = {camera: dispatcher.add_camera(camera) for camera in "abcdefgh"}
     task = asyncio.create_task(dispatcher.run())
     try:
-        for camera in ("a", "b", "c", "d"):  # one frame each, all in flight at once
-            dispatcher.add_camera(camera).put(Frame(camera, 0, time.time(), image, engine.prepare(image)))
+        for camera, slot in slots.items():  # one frame each, all in flight at once
+            slot.put(Frame(camera, 0, time.time(), image, engine.prepare(image)))
         await asyncio.sleep(1.5)  # well before the others are given up on
         assert len(delivered) == 1
         await asyncio.wait_for(dispatcher.drain(), 10)
+        assert (len(delivered), dispatcher.lost) == (1, 7)
+
+        # The inferences given up on no longer count as queued: a lone frame's result is not held for them (until
+        # the dispatcher's next look, a second after it went in).
+        engine.failing = False
+        slots["a"].put(Frame("a", 1, time.time(), image, engine.prepare(image)))
+        await asyncio.wait_for(slots["a"].emptied(), 10)
+        await asyncio.wait_for(dispatcher.drain(), 0.5)
     finally:
         task.cancel()
-    assert (len(delivered), dispatcher.lost) == (1, 3)
+    assert len(delivered) == 2
     assert caplog.text.count("never came back from model retail") == 1  # the first give-up is logged
 
 

@@ -34,8 +34,7 @@ from edged.priority import waits_its_turn
 
 log = logging.getLogger("edged.inference")
 
-# Requests beyond OpenVINO's optimal number for a model that serves a file at full speed (see _default_requests).
-FULL_SPEED_EXTRA_REQUESTS = 2
+FULL_SPEED_EXTRA_REQUESTS = 2  # beyond OpenVINO's optimal number, for a model serving a file at full speed
 
 _callback_thread = threading.local()  # OpenVINO's thread that runs completion callbacks (see Engine._completed)
 
@@ -170,7 +169,7 @@ class Engine:
     """A compiled model with its request pool; frames go in, decoded faces come back on the loop."""
 
     def __init__(self, spec: ModelSpec, core: ov.Core | None = None, *, throughput_bound: bool = True) -> None:
-        """`throughput_bound`: some camera of this model is a file read at full speed (see _default_requests)."""
+        """`throughput_bound`: some camera of this model is a file read at full speed (see default_requests)."""
         core = core or ov.Core()
         model, self.info = read_model(spec, core)
         self.name = spec.name
@@ -190,7 +189,8 @@ class Engine:
                 "check the model's `device`",
                 key="device",
             ) from None
-        self._queue = ov.AsyncInferQueue(self._compiled, spec.requests or self._default_requests(throughput_bound))
+        requests = spec.requests or default_requests(self._compiled, throughput_bound)
+        self._queue = ov.AsyncInferQueue(self._compiled, requests)
         self._queue.set_callback(self._completed)
         # Results on their way to the loop (see _completed), guarded by `_handoff`: OpenVINO may call back on
         # more than one thread.
@@ -213,18 +213,6 @@ class Engine:
             spec.device,
             len(self._queue),
         )
-
-    def _default_requests(self, throughput_bound: bool) -> int:
-        """OpenVINO's optimal number, plus two (FULL_SPEED_EXTRA_REQUESTS) for files at full speed.
-
-        The first extra request is already running while a finished one travels back through the event loop
-        to be refilled (files at full speed, 4 x 1080p: 82 vs 71 fps median). The second keeps one inference
-        queued behind those the device runs, so a result can wait for the next one without leaving a stream
-        idle (see _completed). Live cameras get neither: every frame would wait longer for no throughput
-        (Little's law; 4 x 15 fps live: p50 150 vs 190 ms at the same fps on a machine that could not keep up).
-        """
-        optimal = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        return optimal + FULL_SPEED_EXTRA_REQUESTS if throughput_bound else optimal
 
     @property
     def requests(self) -> int:
@@ -347,6 +335,20 @@ class Engine:
         outputs = {name: request.get_tensor(name).data for name in self._output_names}
         faces = self._decoder.decode(outputs, [self._decode_size(width, height)])[0]
         return faces.clamped(width, height) if self._letterbox else faces
+
+
+def default_requests(compiled: ov.CompiledModel, throughput_bound: bool) -> int:
+    """The requests in flight an engine gets unless its model says: OpenVINO's optimal number, plus two
+    (FULL_SPEED_EXTRA_REQUESTS) for a model serving a file at full speed.
+
+    The first extra request is already running while a finished one travels back through the event loop
+    to be refilled (files at full speed, 4 x 1080p: 82 vs 71 fps median). The second keeps one inference
+    queued behind those the device runs, so a result can wait for the next one without leaving a stream
+    idle (see Engine._completed). Live cameras get neither: every frame would wait longer for no throughput
+    (Little's law; 4 x 15 fps live: p50 150 vs 190 ms at the same fps on a machine that could not keep up).
+    """
+    optimal = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    return optimal + FULL_SPEED_EXTRA_REQUESTS if throughput_bound else optimal
 
 
 def _streams(compiled: ov.CompiledModel, requests: int) -> int:

@@ -64,7 +64,7 @@ class ModelSpec:
     anchors: AnchorConfig | None
     preprocessing: Preprocessing
     descriptor: str | None  # the descriptor that supplied defaults, if any
-    requests: int | None = None  # inference requests in flight; None: edged's default (Engine._default_requests)
+    requests: int | None = None  # inference requests in flight; None: edged's default (inference.default_requests)
 
 
 def models_dir(configured: Path | None) -> Path:

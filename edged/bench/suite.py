@@ -216,14 +216,14 @@ def _reference_seconds(options: BenchOptions) -> float:
 
 
 def _edged_requests(options: BenchOptions) -> int:
-    """The requests in flight edged uses by default for files at full speed, as in the max run (see Engine)."""
+    """The requests in flight edged uses by default for files at full speed, as in the max run."""
     import openvino as ov
 
-    from edged.inference import FULL_SPEED_EXTRA_REQUESTS
+    from edged.inference import default_requests
 
     core = ov.Core()
     model, _ = reference.prepare_model(core, options.model)
-    return reference.optimal_requests(reference.compile_for_throughput(core, model)) + FULL_SPEED_EXTRA_REQUESTS
+    return default_requests(reference.compile_for_throughput(core, model), throughput_bound=True)
 
 
 def _resize_ms(options: BenchOptions) -> float:

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +204,41 @@ def test_a_paired_run_whose_edged_dies_says_so(tmp_path: Path, shared_dir: Path,
         e2e.run("memory", shared_dir / SEED, cameras, 1.0, (broker.host, broker.port), pairing=pairing)
 
 
+@pytest.mark.slow
+def test_a_bench_killed_while_edged_is_frozen_leaves_neither_edged_nor_its_subscriber_behind(
+    tmp_path: Path, shared_dir: Path, broker: Mosquitto
+) -> None:
+    still = tmp_path / "frame.png"
+    cv2.imwrite(str(still), cv2.VideoCapture(str(shared_dir / "media/classroom.mp4")).read()[1])
+    # A bench in its own process, SIGKILLed by its reference slice: edged is frozen then (SIGSTOP).
+    bench = f"""
+import os, signal
+from pathlib import Path
+from edged.bench import e2e
+
+def reference(seconds):
+    me = str(os.getpid())
+    children = [stat.parent.name for stat in Path("/proc").glob("[0-9]*/stat")
+                if stat.read_text().rsplit(")", 1)[1].split()[1] == me]
+    print(" ".join(children), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+e2e.run("memory", Path({str(shared_dir / SEED)!r}), {{"still0": e2e.CameraSpec({str(still)!r})}}, 1.0,
+        ({broker.host!r}, {broker.port}), pairing=e2e.Pairing(reference, rounds=1, seconds=0.5))
+"""
+    said = tmp_path / "bench.out"
+    with said.open("w") as output:  # not a pipe: children left behind would keep it open
+        killed = subprocess.run([sys.executable, "-c", bench], stdout=output, stderr=output, timeout=120, check=False)
+
+    assert killed.returncode == -signal.SIGKILL, said.read_text()
+    children = [int(pid) for pid in said.read_text().split()]
+    assert len(children) == 2  # edged and mosquitto_sub
+    deadline = time.monotonic() + 10
+    while any(_running(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_running(pid) for pid in children)
+
+
 def test_the_bench_table_shows_each_paired_round_and_their_median() -> None:
     report = _report_with_ceilings(before=140.0, after=133.0)
     paired = {
@@ -234,6 +270,15 @@ def _memory_run(paired: dict[str, Any]) -> dict[str, Any]:
         "fairness": 0.0,
         "paired": paired,
     }
+
+
+def _running(pid: int) -> bool:
+    """Still there, running or stopped; a zombie, left for whichever process adopted it to reap, has ended."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def _child_running(module: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -35,6 +36,8 @@ SUBSCRIBE_S = 0.5  # for mosquitto_sub to connect and subscribe before edged sta
 # frame is under way well within this (an inference takes milliseconds), so each slice measures a steady state.
 RESUME_S = 1.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: after the fork only the call itself runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +169,18 @@ class RunResult:
         } | ({"paired": self.paired.to_dict()} if self.paired else {})
 
 
+def _ends_with_the_bench() -> None:
+    """In each child the bench starts, before it runs: the kernel kills it when the bench dies, however it dies.
+
+    A bench killed outright (SIGKILL, the OOM killer) runs no clean-up of its own, and in a paired run it may
+    die while edged is frozen (SIGSTOP): that edged would stay stopped for good, holding its memory, and the
+    private broker and the subscriber would run on. SIGKILL, because a stopped process acts on nothing else.
+    (Strictly, when the thread that started the child ends: each is started, and waited for, by the bench's
+    main thread.)
+    """
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 @contextlib.contextmanager
 def broker(host: str | None, port: int | None) -> Iterator[tuple[str, int]]:
     """The given broker, or a private mosquitto on a free local port so no other traffic disturbs it."""
@@ -191,7 +206,13 @@ def _start_mosquitto(binary: str, attempts: int = 3) -> tuple[subprocess.Popen[b
             probe.bind(("127.0.0.1", 0))
             free = int(probe.getsockname()[1])
         with tempfile.TemporaryFile() as log:
-            process = subprocess.Popen([binary, "-p", str(free)], stdout=subprocess.DEVNULL, stderr=log)
+            # preexec_fn is safe here: one system call through a function looked up before the fork, no lock.
+            process = subprocess.Popen(
+                [binary, "-p", str(free)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                preexec_fn=_ends_with_the_bench,  # noqa: PLW1509
+            )
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and process.poll() is None:
                 with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", free), timeout=0.2):
@@ -267,6 +288,7 @@ async def _run(
                 process = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "edged.cli", "--log-level", "warning", "run", "-c", str(config),
                     stderr=stderr, env={**os.environ, "NOTIFY_SOCKET": readiness.address},
+                    preexec_fn=_ends_with_the_bench,
                 )  # fmt: skip
             try:
                 # Not a moment earlier: an idle window that began during the imports and the compile measured those.
@@ -411,7 +433,7 @@ async def _subscriber(host: str, port: int, path: Path) -> AsyncIterator[_Receiv
         process = await asyncio.create_subprocess_exec(
             binary, "-h", host, "-p", str(port), "-i", "edged-bench-subscriber", "-v",
             *(part for topic in topics for part in ("-t", topic)),
-            stdout=output, stderr=subprocess.PIPE,
+            stdout=output, stderr=subprocess.PIPE, preexec_fn=_ends_with_the_bench,
         )  # fmt: skip
     try:
         await _until_subscribed(process, host, port)

@@ -37,7 +37,8 @@ SUBSCRIBE_S = 0.5  # for mosquitto_sub to connect and subscribe before edged sta
 RESUME_S = 1.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
-_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: after the fork only the call itself runs
+# Looked up here: after the fork only the call itself runs. Linux's; elsewhere children are left to the clean-up.
+_prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +179,8 @@ def _ends_with_the_bench() -> None:
     (Strictly, when the thread that started the child ends: each is started, and waited for, by the bench's
     main thread.)
     """
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 @contextlib.contextmanager

@@ -217,11 +217,9 @@ from pathlib import Path
 from edged.bench import e2e
 
 def reference(seconds):
-    me = str(os.getpid())
-    children = [stat.parent.name for stat in Path("/proc").glob("[0-9]*/stat")
-                if stat.read_text().rsplit(")", 1)[1].split()[1] == me]
-    print(" ".join(children), flush=True)
-    os.kill(os.getpid(), signal.SIGKILL)
+    me = os.getpid()
+    print(Path(f"/proc/{{me}}/task/{{me}}/children").read_text(), flush=True)  # its main thread started them all
+    os.kill(me, signal.SIGKILL)
 
 e2e.run("memory", Path({str(shared_dir / SEED)!r}), {{"still0": e2e.CameraSpec({str(still)!r})}}, 1.0,
         ({broker.host!r}, {broker.port}), pairing=e2e.Pairing(reference, rounds=1, seconds=0.5))
@@ -272,10 +270,15 @@ def _memory_run(paired: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _stat_fields(stat: Path) -> list[str]:
+    """A /proc/<pid>/stat's fields after the command name (which may hold spaces): state, parent pid, ..."""
+    return stat.read_text().rsplit(")", 1)[1].split()
+
+
 def _running(pid: int) -> bool:
     """Still there, running or stopped; a zombie, left for whichever process adopted it to reap, has ended."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = _stat_fields(Path(f"/proc/{pid}/stat"))[0]
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
@@ -285,7 +288,7 @@ def _child_running(module: str) -> int:
     """The pid of this process's child that runs `python -m <module>`."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            parent = int(_stat_fields(stat)[1])
             command = (stat.parent / "cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
             continue  # gone meanwhile
@@ -295,5 +298,5 @@ def _child_running(module: str) -> int:
 
 
 def _cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat_fields(Path(f"/proc/{pid}/stat"))
     return int(fields[11]) + int(fields[12])  # utime + stime
